@@ -1,0 +1,46 @@
+"""Pure-JAX multi-agent environments with the entity scheme used by alma-jax."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+from envs_jax.core import Environment, Observation
+
+ENVIRONMENTS = ("savethecity",)
+
+
+def _savethecity(**kw: Any) -> Environment:
+    from envs_jax.savethecity.env import GameConfig, RewardConfig, SaveTheCity, SaveTheCityParams
+
+    params = SaveTheCityParams()
+    sub = {"game": GameConfig, "reward": RewardConfig}
+    allowed = {f.name for f in fields(SaveTheCityParams)}
+    for key, value in kw.items():
+        if key in sub:
+            if isinstance(value, dict):
+                names = {f.name for f in fields(sub[key])}
+                bad = sorted(set(value) - names)
+                if bad:
+                    raise ValueError(
+                        f"unknown savethecity {key} option(s) {bad}; allowed: {sorted(names)}"
+                    )
+                value = replace(getattr(params, key), **value)
+            params = replace(params, **{key: value})
+        elif key in allowed:
+            params = replace(params, **{key: value})
+        else:
+            raise ValueError(
+                f"unknown savethecity option {key!r}; allowed: {sorted(allowed)}"
+            )
+    return SaveTheCity(params)
+
+
+def make(name: str, **kwargs: Any) -> Environment:
+    """Build an environment by name, e.g. `make("savethecity", scenario="2-5a_2-5b")`."""
+    if name == "savethecity":
+        return _savethecity(**kwargs)
+    raise ValueError(f"unknown environment {name!r}; allowed: {list(ENVIRONMENTS)}")
+
+
+__all__ = ["ENVIRONMENTS", "Environment", "Observation", "make"]

@@ -1,0 +1,83 @@
+"""What every alma-jax environment shares: the entity-scheme observation and the env interface.
+
+An environment is an object with static sizes as Python ints and pure methods
+`reset(key) -> (obs, state)` and `step(key, state, actions) -> (obs, state, reward, done, info)`
+acting on ONE environment instance; batch them with `jax.vmap`. `step` auto-resets: when
+`done` is true the returned `obs`/`state` start the next episode and `info["terminal_obs"]`
+holds the observation the finished episode ended in (needed for time-limit bootstrapping).
+Unused outputs cost nothing under `jit`: XLA removes what the caller never reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Observation:
+    """Entity-scheme observation of one environment; masks use 1/True = masked / absent.
+
+    entities [E, F] float, avail_actions [A, n_actions] int32 (nonzero = available; the
+    value may code a target subtask), obs_mask [E, E] bool (row observer, column observed),
+    entity_mask [E] bool, entity2task_mask [E, T] bool, task_mask [T] bool.
+    """
+
+    entities: jax.Array
+    avail_actions: jax.Array
+    obs_mask: jax.Array
+    entity_mask: jax.Array
+    entity2task_mask: jax.Array
+    task_mask: jax.Array
+
+
+def positive(mask: jax.Array) -> jax.Array:
+    """Turn a stored mask (1 = masked) into positive membership (True = present)."""
+    return jnp.logical_not(mask)
+
+
+def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """Leaf-wise `where(pred, a, b)` for pytrees of one environment (pred is a scalar)."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+class Environment:
+    """Base class: subclasses implement `reset` and `step_env`; `step` adds auto-reset."""
+
+    n_agents: int
+    n_entities: int
+    n_tasks: int
+    n_actions: int
+    entity_dim: int
+    episode_limit: int
+
+    def reset(self, key: jax.Array, **options) -> tuple[Observation, Any]:
+        raise NotImplementedError
+
+    def step_env(self, key, state, actions):
+        """One transition without auto-reset: (obs, state, reward, done, info)."""
+        raise NotImplementedError
+
+    def step(self, key: jax.Array, state: Any, actions: jax.Array):
+        """One transition; on `done` the returned obs/state belong to a fresh episode."""
+        key_step, key_reset = jax.random.split(key)
+        obs_end, state_end, reward, done, info = self.step_env(key_step, state, actions)
+        obs_new, state_new = self.reset(key_reset)
+        state = select_tree(done, state_new, state_end)
+        obs = select_tree(done, obs_new, obs_end)
+        info = dict(info, terminal_obs=obs_end)
+        return obs, state, reward, done, info
+
+    def env_info(self) -> dict[str, int]:
+        """The static sizes a learner needs, under the names the original trainer used."""
+        return {
+            "n_agents": self.n_agents,
+            "n_entities": self.n_entities,
+            "n_tasks": self.n_tasks,
+            "n_actions": self.n_actions,
+            "entity_shape": self.entity_dim,
+            "episode_limit": self.episode_limit,
+        }
