@@ -517,6 +517,52 @@ class SaveTheCity(Environment):
             task_mask=state.tasks_complete,
         )
 
+    def make_state(
+        self,
+        agents: list[tuple[int, int, int]],
+        buildings: list[tuple],
+        t: int = 0,
+        scenario: int = 0,
+    ) -> EnvState:
+        """A hand-built state for tests and demos.
+
+        agents: (type_id, x, y) per real agent; buildings: (type_id, x, y, health, fire,
+        period[, ttnf[, tslf]]) per real building (ttnf defaults to period, tslf to 0).
+        """
+        A, B = self.n_agents, self.n_buildings
+        if len(agents) > A or len(buildings) > B:
+            raise ValueError(f"at most {A} agents and {B} buildings in {self!r}")
+        fdt = _float()
+        agent_pos = np.array(self._agent_off_map, np.int32)
+        agent_type = np.full(A, -1, np.int32)
+        for i, (ty, x, y) in enumerate(agents):
+            agent_type[i], agent_pos[i] = ty, (x, y)
+        bld_pos = np.array(self._bld_off_map, np.int32)
+        bld_type = np.zeros(B, np.int32)
+        health, fire = np.zeros(B), np.zeros(B)
+        period, ttnf, tslf = np.ones(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int32)
+        for b, spec in enumerate(buildings):
+            ty, x, y, h, f, per = spec[:6]
+            bld_type[b], bld_pos[b], health[b], fire[b], period[b] = ty, (x, y), h, f, per
+            ttnf[b] = spec[6] if len(spec) > 6 else per
+            tslf[b] = spec[7] if len(spec) > 7 else 0
+        base = self._reset_from_uniforms(jnp.zeros(self._n_reset_draws, fdt))
+        return base.replace(
+            agent_pos=jnp.asarray(agent_pos),
+            agent_type=jnp.asarray(agent_type),
+            agent_valid=jnp.arange(A) < len(agents),
+            bld_pos=jnp.asarray(bld_pos),
+            bld_type=jnp.asarray(bld_type),
+            bld_valid=jnp.arange(B) < len(buildings),
+            health=jnp.asarray(health, fdt),
+            fire=jnp.asarray(fire, fdt),
+            period=jnp.asarray(period),
+            ttnf=jnp.asarray(ttnf),
+            tslf=jnp.asarray(tslf),
+            t=jnp.asarray(t, jnp.int32),
+            scenario=jnp.asarray(scenario, jnp.int32),
+        )
+
     def replace_params(self, **kw) -> SaveTheCity:
         return SaveTheCity(replace(self.params, **kw))
 
