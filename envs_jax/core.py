@@ -57,6 +57,9 @@ class Environment:
     def reset(self, key: jax.Array, **options) -> tuple[Observation, Any]:
         raise NotImplementedError
 
+    def get_obs(self, state: Any) -> Observation:
+        raise NotImplementedError
+
     def step_env(self, key, state, actions):
         """One transition without auto-reset: (obs, state, reward, done, info)."""
         raise NotImplementedError
@@ -65,9 +68,11 @@ class Environment:
         """One transition; on `done` the returned obs/state belong to a fresh episode."""
         key_step, key_reset = jax.random.split(key)
         obs_end, state_end, reward, done, info = self.step_env(key_step, state, actions)
-        obs_new, state_new = self.reset(key_reset)
+        _, state_new = self.reset(key_reset)
         state = select_tree(done, state_new, state_end)
-        obs = select_tree(done, obs_new, obs_end)
+        # Building the observation of the selected state (rather than selecting between two
+        # observations) leaves one observation to build when nobody reads `terminal_obs`.
+        obs = self.get_obs(state)
         info = dict(info, terminal_obs=obs_end)
         return obs, state, reward, done, info
 

@@ -16,6 +16,7 @@ import numpy as np
 from flax import struct
 
 from envs_jax.core import Environment, Observation
+from envs_jax.rng import hash_bits, hash_uniforms
 from envs_jax.savethecity import scenarios as sc
 
 # Per agent type (indexed by type id 0..4; building ids get zeros): section 1.3.
@@ -173,14 +174,14 @@ class SaveTheCity(Environment):
         b_idx = np.arange(t.max_buildings)
         self._bld_off_map = np.stack([np.full_like(b_idx, OFF_MAP), OFF_MAP - 3 * b_idx], -1)
         self.n_pairs = t.max_agents * (t.max_agents - 1) // 2
-        self._n_reset_draws = 2 + 5 * t.max_buildings + k_max + len(self.bld_cells)
+        self._n_reset_draws = 2 + 5 * t.max_buildings + t.max_agents + t.max_buildings
 
     # ------------------------------------------------------------------ reset (section 4)
     def reset(
         self, key: jax.Array, index: jax.Array | int | None = None, n_tasks: int | None = None
     ) -> tuple[Observation, EnvState]:
         """A fresh episode. `index` forces a scenario; `n_tasks` forces the building count."""
-        u = jax.random.uniform(key, (self._n_reset_draws,), _float())
+        u = hash_uniforms(key, self._n_reset_draws, _float())
         state = self._reset_from_uniforms(u, index, n_tasks)
         return self.get_obs(state), state
 
@@ -188,8 +189,7 @@ class SaveTheCity(Environment):
         t = self.table
         A, B = t.max_agents, t.max_buildings
         fdt = _float()
-        draws = iter(_split_sizes(u, [1, 1, B, self.spawn_cells.shape[1], len(self.bld_cells),
-                                      B, B, B, B]))
+        draws = iter(_split_sizes(u, [1, 1, B, A, B, B, B, B, B]))
         u_scen, u_m, u_btype, u_spawn, u_cells, u_range, u_health, u_period, u_fire = draws
 
         n_scen = t.n_scenarios
@@ -205,36 +205,35 @@ class SaveTheCity(Environment):
         else:
             s = jnp.minimum((u_scen[0] * n_scen).astype(jnp.int32), n_scen - 1)
 
-        agent_type = jnp.asarray(t.agent_types)[s]
-        n = jnp.asarray(t.n_agents)[s]
-        lo_b, hi_b = jnp.asarray(t.min_blds)[s], jnp.asarray(t.max_blds)[s]
+        agent_type = _lookup(t.agent_types, s)
+        n = _lookup(t.n_agents, s)
+        lo_b, hi_b = _lookup(t.min_blds, s), _lookup(t.max_blds, s)
         if n_tasks is not None:
             lo_b = hi_b = jnp.asarray(n_tasks, jnp.int32)
         m = jnp.minimum(lo_b + (u_m[0] * (hi_b - lo_b + 1)).astype(jnp.int32), hi_b)
 
         agent_valid = jnp.arange(A) < n
         bld_valid = jnp.arange(B) < m
-        fixed = jnp.asarray(t.bld_types)[s]
+        fixed = _lookup(t.bld_types, s)
         bld_type = jnp.where(fixed >= 0, fixed, (u_btype >= 0.5).astype(jnp.int32))
 
-        # Agents: a uniformly random ordering of the spawn cells, first n (2.3).
-        cells = jnp.asarray(self.spawn_cells)[n]
-        count = jnp.asarray(self.spawn_count)[n]
-        rank = _ranks(jnp.where(jnp.arange(cells.shape[0]) < count, u_spawn, 2.0))
-        agent_pos = _pick_by_rank(rank, cells, A)
+        # Agents then buildings pop uniformly random entries of their candidate lists (4.5, 4.6a).
+        cells = _lookup(self.spawn_cells, n)  # [K, 2]
+        pick = _draw_without_replacement(u_spawn, _lookup(self.spawn_count, n))
+        agent_pos = _lookup(cells, pick, axis=-1)
         agent_pos = jnp.where(agent_valid[:, None], agent_pos, self._agent_off_map)
-
-        # Buildings: distinct lattice cells, first m of a random ordering (4.6a).
-        bld_pos = _pick_by_rank(_ranks(u_cells), jnp.asarray(self.bld_cells), B)
+        pick = _draw_without_replacement(u_cells, len(self.bld_cells))
+        per_row = len(range(1, sc.MAP_SIZE, t.bld_spacing))  # lattice is x-major
+        bld_pos = 1 + t.bld_spacing * jnp.stack([pick // per_row, pick % per_row], -1)
         bld_pos = jnp.where(bld_valid[:, None], bld_pos, self._bld_off_map)
 
-        ranges = jnp.asarray(HEALTH_RANGES, fdt)[(u_range >= 0.5).astype(jnp.int32)]
-        health = ranges[:, 0] * u_health + ranges[:, 1] * (1.0 - u_health)
-        prange = jnp.asarray(PERIOD_RANGE)[bld_type]
-        period = jnp.minimum(
-            prange[:, 0] + (u_period * (prange[:, 1] - prange[:, 0] + 1)).astype(jnp.int32),
-            prange[:, 1],
-        )
+        high = u_range >= 0.5
+        lo_h = jnp.where(high, HEALTH_RANGES[1, 0], HEALTH_RANGES[0, 0]).astype(fdt)
+        hi_h = jnp.where(high, HEALTH_RANGES[1, 1], HEALTH_RANGES[0, 1]).astype(fdt)
+        health = lo_h * u_health + hi_h * (1.0 - u_health)
+        lo_p = _lookup(PERIOD_RANGE[:, 0], bld_type)
+        hi_p = _lookup(PERIOD_RANGE[:, 1], bld_type)
+        period = jnp.minimum(lo_p + (u_period * (hi_p - lo_p + 1)).astype(jnp.int32), hi_p)
         on_fire = u_fire < self.params.game.init_fire_chance
         fire = jnp.where(on_fire, 1.0, 0.0).astype(fdt)
 
@@ -270,50 +269,60 @@ class SaveTheCity(Environment):
         )
 
     # ------------------------------------------------------------ availability (5.2)
-    def _adjacent(self, state: EnvState) -> jax.Array:
-        """[A, B] bool: building b is 4-adjacent to agent i (at most one per row)."""
-        nbr = state.agent_pos[:, None, :] + DIRECTIONS[None]  # [A, 4, 2]
-        hit = jnp.all(nbr[:, :, None, :] == state.bld_pos[None, None], -1)  # [A, 4, B]
-        return jnp.any(hit, 1) & state.bld_valid[None] & state.agent_valid[:, None]
+    def _neighbourhood(self, state: EnvState) -> tuple[jax.Array, jax.Array]:
+        """Occupied offsets around each agent and its adjacent building.
 
-    def avail_actions(self, state: EnvState, adjacent: jax.Array | None = None) -> jax.Array:
-        """Coded availability [A, n_actions] int32: 1 = available, 2+b = interact with b."""
-        if adjacent is None:
-            adjacent = self._adjacent(state)
-        dest = state.agent_pos[:, None, :] + MOVE_DELTA[None, 1 : EXTINGUISH]  # [A, 8, 2]
-        inside = jnp.all((dest >= 0) & (dest < sc.MAP_SIZE), -1)
+        Returns `near` [A] int32, with bit `(dx+2)*5 + (dy+2)` set when a real entity sits at
+        offset (dx, dy), |dx|,|dy| <= 2, and `adjacent` [A, B] bool (building b is
+        4-adjacent to agent i; at most one per row because of the lattice spacing).
+        A bitmask per agent is far cheaper than comparing every destination with every cell.
+        """
         occ_pos = jnp.concatenate([state.agent_pos, state.bld_pos], 0)
         occ_valid = jnp.concatenate([state.agent_valid, state.bld_valid], 0)
-        occupied = jnp.any(jnp.all(dest[:, :, None] == occ_pos[None, None], -1) & occ_valid, -1)
-        reach = MOVE_DIST[None, 1:EXTINGUISH] <= jnp.asarray(MAX_MOVE)[
-            jnp.maximum(state.agent_type, 0)
-        ][:, None]
-        move_ok = inside & ~occupied & reach
+        dx = occ_pos[None, :, 0] - state.agent_pos[:, None, 0]  # [A, E]
+        dy = occ_pos[None, :, 1] - state.agent_pos[:, None, 1]
+        close = occ_valid[None] & (jnp.abs(dx) <= 2) & (jnp.abs(dy) <= 2)
+        # entities occupy distinct cells, so summing distinct bits is a bitwise or
+        near = jnp.sum(jnp.where(close, jnp.left_shift(1, (dx + 2) * 5 + dy + 2), 0), 1)
+        A = self.n_agents
+        adjacent = (jnp.abs(dx[:, A:]) + jnp.abs(dy[:, A:]) == 1) & occ_valid[None, A:]
+        return near, adjacent & state.agent_valid[:, None]
 
-        has_adj = jnp.any(adjacent, 1)
-        target = jnp.argmax(adjacent, 1).astype(jnp.int32)
+    def avail_actions(self, state: EnvState, neighbourhood=None) -> jax.Array:
+        """Coded availability [A, n_actions] int32: 1 = available, 2+b = interact with b."""
+        near, adjacent = neighbourhood or self._neighbourhood(state)
+        delta = MOVE_DELTA[1:EXTINGUISH]  # [8, 2] static
+        dest = state.agent_pos[:, None, :] + delta[None]  # [A, 8, 2]
+        inside = jnp.all((dest >= 0) & (dest < sc.MAP_SIZE), -1)
+        codes = (delta[:, 0] + 2) * 5 + delta[:, 1] + 2
+        free = (jnp.right_shift(near[:, None], codes[None]) & 1) == 0
+        reach = MOVE_DIST[None, 1:EXTINGUISH] <= _lookup(MAX_MOVE, state.agent_type)[:, None]
+        move_ok = inside & free & reach & state.agent_valid[:, None]
+
+        target = jnp.sum(jnp.where(adjacent, jnp.arange(self.n_buildings), 0), 1)
         on_fire = state.fire > 0.0
         buildable = ~state.complete & ~state.burned & (state.fire == 0.0)
         adj_fire = jnp.any(adjacent & on_fire[None], 1)
         adj_build = jnp.any(adjacent & buildable[None], 1)
-        can_freeze = jnp.asarray(CAN_FREEZE)[jnp.maximum(state.agent_type, 0)]
+        can_freeze = _lookup(CAN_FREEZE, state.agent_type)
         code = 2 + target
         interact = jnp.stack(
             [
-                jnp.where(has_adj & adj_fire, code, 0),
-                jnp.where(has_adj & adj_build, code, 0),
-                jnp.where(has_adj & adj_fire & can_freeze, code, 0),
+                jnp.where(adj_fire, code, 0),
+                jnp.where(adj_build, code, 0),
+                jnp.where(adj_fire & can_freeze, code, 0),
             ],
             -1,
         )
-        moves = (move_ok & state.agent_valid[:, None]).astype(jnp.int32)
         stay = jnp.ones((self.n_agents, 1), jnp.int32)
-        return jnp.concatenate([stay, moves, interact * state.agent_valid[:, None]], -1)
+        return jnp.concatenate([stay, move_ok.astype(jnp.int32), interact], -1)
 
     # -------------------------------------------------------------- step (section 6)
     def step_env(self, key: jax.Array, state: EnvState, actions: jax.Array):
         """One transition without auto-reset; the only randomness is the collision coins."""
-        coins = jax.random.bernoulli(key, 0.5, (max(self.n_pairs, 1),))
+        words = hash_bits(key, max(1, -(-self.n_pairs // 32)))
+        bit = jnp.arange(max(self.n_pairs, 1))
+        coins = ((words[bit // 32] >> (bit % 32).astype(jnp.uint32)) & 1).astype(bool)
         return self.transition(state, actions, coins)
 
     def transition(self, state: EnvState, actions: jax.Array, coins: jax.Array):
@@ -324,26 +333,24 @@ class SaveTheCity(Environment):
         """
         g, rw = self.params.game, self.params.reward
         fdt = _float()
-        A, B = self.n_agents, self.n_buildings
-        adjacent = self._adjacent(state)
-        avail = self.avail_actions(state, adjacent)
+        near, adjacent = self._neighbourhood(state)
+        avail = self.avail_actions(state, (near, adjacent))
         actions = jnp.asarray(actions, jnp.int32)
-        chosen = jnp.take_along_axis(avail, jnp.clip(actions, 0, N_ACTIONS - 1)[:, None], 1)[:, 0]
-        ok = (actions >= 0) & (actions < N_ACTIONS) & (chosen >= 1)
+        chosen = _lookup(avail, actions, axis=1)  # 0 for out-of-range actions
+        ok = chosen >= 1
         invalid = state.agent_valid & ~ok
         actions = jnp.where(ok & state.agent_valid, actions, STAY)
 
         # Moves: destination was checked against start-of-step occupancy (11.1).
         prev_pos = state.agent_pos
-        pos = prev_pos + jnp.asarray(MOVE_DELTA)[actions]
+        pos = prev_pos + _lookup(MOVE_DELTA, actions)
 
         # Interactions target the unique adjacent building (11.3).
-        atype = jnp.maximum(state.agent_type, 0)
         is_ext = (actions == EXTINGUISH)[:, None] & adjacent  # [A, B]
         is_bld = (actions == BUILD)[:, None] & adjacent
         is_frz = (actions == FREEZE)[:, None] & adjacent
-        fire_speed = jnp.asarray(FIRE_SPEED, fdt)[atype]
-        build_speed = jnp.asarray(BUILD_SPEED, fdt)[atype]
+        fire_speed = _lookup(FIRE_SPEED.astype(fdt), state.agent_type)
+        build_speed = _lookup(BUILD_SPEED.astype(fdt), state.agent_type)
         dec = jnp.sum(is_ext * fire_speed[:, None], 0) * g.fire_reduce_rate
         dlt = jnp.sum(is_bld * build_speed[:, None], 0) * g.base_build_rate
         frozen = jnp.any(is_frz, 0)
@@ -364,7 +371,7 @@ class SaveTheCity(Environment):
         f_new = jnp.clip(f_new, 0.0, 1.0)
         help_bld = bld_by_type[:, F] & bld_by_type[:, G]
         dlt = dlt + jnp.where(help_bld, g.generalist_help_factor * g.base_build_rate, 0.0)
-        burn = f_new * jnp.asarray(BURN_MULT, fdt)[state.bld_type] * g.fire_burn_rate
+        burn = f_new * _lookup(BURN_MULT.astype(fdt), state.bld_type) * g.fire_burn_rate
         dlt = dlt - jnp.where(frozen, 0.0, burn)
         h_new = jnp.clip(h + dlt, 0.0, 1.0)
         valid = state.bld_valid
@@ -397,12 +404,19 @@ class SaveTheCity(Environment):
         reward = rw.ts_pen + jnp.sum(jnp.where(valid, r_b + rw.complete * completed, 0.0))
 
         # Collisions (6.5): sequential pair loop, the chosen agent goes back.
-        pos = _resolve_collisions(pos, prev_pos, state.agent_valid, coins)
+        lost = _collision_losers(pos, state.agent_valid, coins)
+        pos = jnp.where(lost[:, None], prev_pos, pos).astype(jnp.int32)
 
         t_new = state.t + 1
         ext_types = jnp.sum(ext_by_type, 1)
         bld_types = jnp.sum(bld_by_type, 1)
-        counts = jnp.stack([jnp.sum(is_ext, 1), jnp.sum(is_bld, 1), jnp.sum(is_frz, 1)], -1)
+        if self.params.track_ac_type:
+            counts = jnp.stack([jnp.any(is_ext, 1), jnp.any(is_bld, 1), jnp.any(is_frz, 1)], -1)
+            action_counts = state.stats.action_counts + jnp.sum(
+                of_type[:, :, None] & counts[:, None, :], 0
+            )
+        else:
+            action_counts = state.stats.action_counts
         st = state.stats
         stats = EpisodeStats(
             fires_extinguished=st.fires_extinguished + jnp.sum(extinguished),
@@ -413,12 +427,14 @@ class SaveTheCity(Environment):
             firefight_pairs=st.firefight_pairs + jnp.sum(ext_types > 0),
             build_types=st.build_types + jnp.sum(bld_types),
             build_pairs=st.build_pairs + jnp.sum(bld_types > 0),
-            action_counts=st.action_counts + jnp.einsum("at,ak->tk", of_type, counts),
+            action_counts=action_counts,
             invalid_actions=st.invalid_actions + jnp.sum(invalid),
         )
         new_state = state.replace(
             agent_pos=pos, health=h_new, fire=f_new, ttnf=ttnf, tslf=tslf, t=t_new, stats=stats
         )
+        # keep every leaf's dtype (sums of bools are int64 under x64), so scans can carry it
+        new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
 
         # Tasks and termination (6.7-6.9).
         tasks_prev = state.tasks_complete
@@ -466,19 +482,24 @@ class SaveTheCity(Environment):
         A, B = self.n_agents, self.n_buildings
         fdt = _float()
         avail = self.avail_actions(state)
-        pos = jnp.concatenate([state.agent_pos, state.bld_pos], 0)  # [E, 2]
-        etype = jnp.concatenate([state.agent_type, state.bld_type], 0)
-        valid = jnp.concatenate([state.agent_valid, state.bld_valid], 0)
-        grid = jnp.arange(sc.MAP_SIZE)
-        common = jnp.concatenate(
-            [
-                etype[:, None] == jnp.arange(sc.N_ENTITY_TYPES)[None],
-                pos[:, :1] == grid[None],
-                pos[:, 1:] == grid[None],
-            ],
-            -1,
-        ).astype(fdt)
-        scaled = pos.astype(fdt) / sc.MAP_SIZE
+        col = jnp.arange(ENTITY_DIM)
+
+        def rows(pos, etype, valid, tail, tail_start):
+            # One elementwise expression per block of rows (no concatenation of feature
+            # pieces): XLA fuses it into a single pass over the [rows, 58] output.
+            x, y = pos[:, :1], pos[:, 1:]
+            onehot = (col == etype[:, None]) | (col == x + 5) | (col == y + 21)
+            scaled = jnp.where(col == 37, x, y).astype(fdt) / sc.MAP_SIZE
+            # Placing the per-row features with a constant 0/1 matrix product (instead of a
+            # pad) makes XLA compute them once per row: fused into the [rows, 58] loop they
+            # were recomputed for every column.
+            width = tail.shape[1]
+            place = np.zeros((width, ENTITY_DIM), np.float32)
+            place[np.arange(width), tail_start + np.arange(width)] = 1.0
+            tail = jnp.dot(tail, place.astype(fdt), precision=jax.lax.Precision.HIGHEST)
+            val = jnp.where(col < 37, onehot.astype(fdt), jnp.where(col < 39, scaled, tail))
+            return jnp.where(valid[:, None], val, 0.0)
+
         period = state.period.astype(fdt)
         bld_feat = jnp.stack(
             [
@@ -492,13 +513,15 @@ class SaveTheCity(Environment):
             ],
             -1,
         )
-        agent_rows = jnp.concatenate(
-            [common[:A], scaled[:A], (avail >= 1).astype(fdt), jnp.zeros((A, 7), fdt)], -1
+        entities = jnp.concatenate(
+            [
+                rows(state.agent_pos, state.agent_type, state.agent_valid,
+                     (avail >= 1).astype(fdt), 39),
+                rows(state.bld_pos, state.bld_type, state.bld_valid, bld_feat, 39 + N_ACTIONS),
+            ],
+            0,
         )
-        bld_rows = jnp.concatenate(
-            [common[A:], scaled[A:], jnp.zeros((B, N_ACTIONS), fdt), bld_feat], -1
-        )
-        entities = jnp.concatenate([agent_rows, bld_rows], 0) * valid[:, None]
+        valid = jnp.concatenate([state.agent_valid, state.bld_valid], 0)
 
         is_agent = jnp.arange(A + B) < A
         sees = valid[:, None] & valid[None, :] & (is_agent[:, None] | ~is_agent[None, :])
@@ -574,6 +597,25 @@ class SaveTheCity(Environment):
 
 
 # ---------------------------------------------------------------------- helpers
+def _lookup(table, idx, axis: int = 0):
+    """`table[idx]` along `axis` as a one-hot select: vectorises on CPU where a gather does not.
+
+    A numpy table is indexed along axis 0 by `idx` of any shape; with `axis=1` a traced
+    [N, K] table is indexed per row by `idx` [N]. Out-of-range indices give 0.
+    """
+    if axis == 1:
+        hit = jnp.arange(table.shape[1]) == idx[:, None]
+        return jnp.sum(jnp.where(hit, table, 0), 1)
+    if axis == -1:  # rows of a traced table [K, D] picked by idx [n] -> [n, D]
+        hit = jnp.arange(table.shape[0])[None, :] == idx[:, None]
+        return jnp.sum(jnp.where(hit[:, :, None], table[None], 0), 1)
+    table = jnp.asarray(table)
+    k = table.shape[0]
+    hit = jnp.asarray(idx)[..., None] == jnp.arange(k)  # [..., K]
+    hit = hit.reshape(hit.shape + (1,) * (table.ndim - 1))
+    return jnp.sum(jnp.where(hit, table, 0), idx.ndim if hasattr(idx, "ndim") else 0)
+
+
 def _split_sizes(u: jax.Array, sizes: list[int]) -> list[jax.Array]:
     out, i = [], 0
     for s in sizes:
@@ -582,35 +624,48 @@ def _split_sizes(u: jax.Array, sizes: list[int]) -> list[jax.Array]:
     return out
 
 
-def _ranks(keys: jax.Array) -> jax.Array:
-    """Rank of each key in ascending order, ties by index: a sort-free permutation [K]."""
-    k = keys.shape[0]
-    idx = jnp.arange(k)
-    before = (keys[None, :] < keys[:, None]) | (
-        (keys[None, :] == keys[:, None]) & (idx[None, :] < idx[:, None])
-    )
-    return jnp.sum(before, 1)
+def _draw_without_replacement(u: jax.Array, n_items) -> jax.Array:
+    """Indices into a list of `n_items`, popping entry floor(u_k * remaining) at each draw k.
+
+    This is the original's `list.pop(randint(len(list)))` loop without a list: the r-th
+    remaining item is the fixed point of x = r + #{earlier picks <= x}, reached after at
+    most k iterations. u: [k] uniforms; returns [k] int32 (valid while k <= n_items).
+    """
+    picks: list[jax.Array] = []
+    for k in range(u.shape[0]):
+        remaining = n_items - k
+        r = jnp.minimum((u[k] * remaining).astype(jnp.int32), remaining - 1)
+        x = r
+        for _ in range(k):
+            x = r + sum((p <= x).astype(jnp.int32) for p in picks)
+        picks.append(x)
+    return jnp.stack(picks)
 
 
-def _pick_by_rank(rank: jax.Array, cells: jax.Array, n: int) -> jax.Array:
-    """Row i = the cell whose rank is i, for i < n: [n, 2]."""
-    onehot = rank[None, :] == jnp.arange(n)[:, None]  # [n, K]
-    return jnp.sum(onehot[:, :, None] * cells[None], 1)
+def _collision_losers(pos: jax.Array, valid: jax.Array, coins: jax.Array) -> jax.Array:
+    """Which agents go back to their previous cell (6.5): [A] bool.
 
-
-def _resolve_collisions(pos, prev_pos, valid, coins):
-    """Pairwise loop in slot order; a colliding pair sends one member back (6.5)."""
+    The original loops over pairs (i, j), i < j, in slot order and sends one member of a
+    pair sharing a cell back. A loser's previous cell is free and unique (nobody may enter
+    a cell occupied at step start), so it never collides again: tracking "lost" flags on
+    cell ids reproduces the loop. The flags are packed into one int per env before leaving
+    the loop so XLA evaluates the sequential chain once, not once per output element.
+    """
     A = pos.shape[0]
+    cell = pos[:, 0] * 1024 + pos[:, 1]  # distinct for distinct (x, y), off-map included
+    lost = [jnp.zeros((), bool) for _ in range(A)]
     p = 0
     for i in range(A):
         for j in range(i + 1, A):
-            clash = valid[i] & valid[j] & jnp.all(pos[i] == pos[j])
-            back_j = clash & coins[p]
-            back_i = clash & ~coins[p]
-            pos = pos.at[i].set(jnp.where(back_i, prev_pos[i], pos[i]))
-            pos = pos.at[j].set(jnp.where(back_j, prev_pos[j], pos[j]))
+            clash = valid[i] & valid[j] & ~lost[i] & ~lost[j] & (cell[i] == cell[j])
+            lost[i] = lost[i] | (clash & ~coins[p])
+            lost[j] = lost[j] | (clash & coins[p])
             p += 1
-    return pos
+    if A > 31:
+        return jnp.stack(lost)
+    # A reduction is never fused into its consumers, so the packed flags are computed once.
+    packed = jnp.sum(jnp.where(jnp.stack(lost), 1 << jnp.arange(A), 0))
+    return (packed >> jnp.arange(A)) & 1 == 1
 
 
 def _nan_ratio(num, den, dtype):
