@@ -1,0 +1,62 @@
+"""Reference random policies of SaveTheCity (spec section 12), jittable, for ONE environment.
+
+Both take `(key, obs)` where `obs` is an `Observation` (or anything with `avail_actions`
+[A, n_actions] and, optionally, `entity_mask` [E]) and return int32 actions [A]; batch
+them with `jax.vmap`. Padded agent slots (entity_mask True, or a row whose only
+available action is "stay") always get action 0.
+
+* `uniform_valid` (policy U): uniform over the available actions.
+* `interaction_first` (policy I): if any of the interaction actions 9..11 (extinguish,
+  build, freeze) is available, uniform among those; else uniform over all available ones.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from envs_jax.savethecity.env import EXTINGUISH, N_ACTIONS
+
+
+def _padded(obs, n_agents: int) -> jax.Array:
+    mask = getattr(obs, "entity_mask", None)
+    if mask is None:
+        return jnp.zeros((n_agents,), bool)
+    return jnp.asarray(mask[:n_agents], bool)
+
+
+def _uniform_among(key: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Index of a uniformly chosen True entry per row (argmax of i.i.d. uniform priorities).
+
+    Rows without any True entry give 0 (never happens for real agents: "stay" is always
+    available).
+    """
+    u = jax.random.uniform(key, allowed.shape)
+    return jnp.argmax(jnp.where(allowed, u, -1.0), -1).astype(jnp.int32)
+
+
+def _avail(obs) -> jax.Array:
+    avail = obs.avail_actions if hasattr(obs, "avail_actions") else obs
+    return jnp.asarray(avail) != 0
+
+
+def uniform_valid(key: jax.Array, obs) -> jax.Array:
+    """Policy U: uniform over available actions; padded slots 0. Returns int32 [A]."""
+    allowed = _avail(obs)
+    actions = _uniform_among(key, allowed)
+    return jnp.where(_padded(obs, allowed.shape[0]), 0, actions).astype(jnp.int32)
+
+
+def interaction_first(key: jax.Array, obs) -> jax.Array:
+    """Policy I: uniform among available actions 9..11 if any, else uniform over all."""
+    allowed = _avail(obs)
+    is_interaction = jnp.arange(N_ACTIONS) >= EXTINGUISH
+    inter = allowed & is_interaction[None]
+    has_inter = jnp.any(inter, -1, keepdims=True)
+    actions = _uniform_among(key, jnp.where(has_inter, inter, allowed))
+    return jnp.where(_padded(obs, allowed.shape[0]), 0, actions).astype(jnp.int32)
+
+
+POLICIES = {"uniform": uniform_valid, "interaction_first": interaction_first}
+
+__all__ = ["POLICIES", "interaction_first", "uniform_valid"]
