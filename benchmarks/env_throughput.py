@@ -23,15 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
 
 import envs_jax  # noqa: E402
-
-
-def random_valid_actions(key: jax.Array, avail: jax.Array) -> jax.Array:
-    """Uniform over available actions, one uniform per agent: [N, A, n_actions] -> [N, A]."""
-    ok = (avail > 0).astype(jnp.float32)
-    n = avail.shape[-1]
-    before = ok @ jnp.triu(jnp.ones((n, n), jnp.float32), 1)  # available actions before each
-    pick = jnp.floor(jax.random.uniform(key, ok.shape[:-1]) * jnp.sum(ok, -1))  # k-th one
-    return jnp.argmax((ok > 0) & (before == pick[..., None]), -1).astype(jnp.int32)
+from envs_jax.savethecity.policies import uniform_valid  # noqa: E402
 
 
 def obs_checksum(obs) -> jax.Array:
@@ -47,6 +39,7 @@ def obs_checksum(obs) -> jax.Array:
 
 def make_runner(env, num_envs: int, num_steps: int, terminal_obs: bool):
     step = jax.vmap(env.step)
+    policy = jax.vmap(uniform_valid)
 
     def run(key):
         key, k0 = jax.random.split(key)
@@ -55,7 +48,7 @@ def make_runner(env, num_envs: int, num_steps: int, terminal_obs: bool):
         def body(carry, _):
             key, obs, state, acc = carry
             key, ka, ks = jax.random.split(key, 3)
-            actions = random_valid_actions(ka, obs.avail_actions)
+            actions = policy(jax.random.split(ka, num_envs), obs)
             obs, state, reward, done, info = step(jax.random.split(ks, num_envs), state, actions)
             acc = acc + obs_checksum(obs) + jnp.sum(reward) + jnp.sum(done)
             if terminal_obs:

@@ -26,13 +26,18 @@ def _padded(obs, n_agents: int) -> jax.Array:
 
 
 def _uniform_among(key: jax.Array, allowed: jax.Array) -> jax.Array:
-    """Index of a uniformly chosen True entry per row (argmax of i.i.d. uniform priorities).
+    """Index of a uniformly chosen True entry per row, from ONE uniform per row.
 
-    Rows without any True entry give 0 (never happens for real agents: "stay" is always
-    available).
+    Picks the k-th allowed entry with k = floor(u * count): one random number per agent
+    instead of one per action keeps random-number generation off the critical path of
+    vmapped rollouts. Rows without any True entry give 0 (never happens for real agents:
+    "stay" is always available).
     """
-    u = jax.random.uniform(key, allowed.shape)
-    return jnp.argmax(jnp.where(allowed, u, -1.0), -1).astype(jnp.int32)
+    ok = allowed.astype(jnp.float32)
+    n = allowed.shape[-1]
+    before = ok @ jnp.triu(jnp.ones((n, n), jnp.float32), 1)  # allowed entries before each
+    k = jnp.floor(jax.random.uniform(key, allowed.shape[:-1]) * jnp.sum(ok, -1))
+    return jnp.argmax(allowed & (before == k[..., None]), -1).astype(jnp.int32)
 
 
 def _avail(obs) -> jax.Array:
