@@ -170,9 +170,13 @@ class SaveTheCity(Environment):
         if len(self.bld_cells) < t.max_buildings:
             raise ValueError(f"scenario {p.scenario!r} has more buildings than lattice cells")
         a_idx = np.arange(t.max_agents)
-        self._agent_off_map = np.stack([OFF_MAP - 3 * a_idx, np.full_like(a_idx, OFF_MAP)], -1)
+        self._agent_off_map = np.stack(
+            [OFF_MAP - 3 * a_idx, np.full_like(a_idx, OFF_MAP)], -1
+        ).astype(np.int32)
         b_idx = np.arange(t.max_buildings)
-        self._bld_off_map = np.stack([np.full_like(b_idx, OFF_MAP), OFF_MAP - 3 * b_idx], -1)
+        self._bld_off_map = np.stack(
+            [np.full_like(b_idx, OFF_MAP), OFF_MAP - 3 * b_idx], -1
+        ).astype(np.int32)
         self.n_pairs = t.max_agents * (t.max_agents - 1) // 2
         self._n_reset_draws = 2 + 5 * t.max_buildings + t.max_agents + t.max_buildings
 
@@ -256,15 +260,15 @@ class SaveTheCity(Environment):
             agent_type=jnp.where(agent_valid, agent_type, -1).astype(jnp.int32),
             agent_valid=agent_valid,
             bld_pos=bld_pos.astype(jnp.int32),
-            bld_type=jnp.where(bld_valid, bld_type, 0),
+            bld_type=jnp.where(bld_valid, bld_type, 0).astype(jnp.int32),
             bld_valid=bld_valid,
             health=jnp.where(bld_valid, health, 0.0).astype(fdt),
             fire=jnp.where(bld_valid, fire, 0.0).astype(fdt),
-            period=jnp.where(bld_valid, period, 1),
-            ttnf=jnp.where(bld_valid, period, 0),
+            period=jnp.where(bld_valid, period, 1).astype(jnp.int32),
+            ttnf=jnp.where(bld_valid, period, 0).astype(jnp.int32),
             tslf=jnp.zeros((B,), jnp.int32),
             t=zero_i,
-            scenario=s,
+            scenario=s.astype(jnp.int32),
             stats=stats,
         )
 
@@ -283,7 +287,9 @@ class SaveTheCity(Environment):
         dy = occ_pos[None, :, 1] - state.agent_pos[:, None, 1]
         close = occ_valid[None] & (jnp.abs(dx) <= 2) & (jnp.abs(dy) <= 2)
         # entities occupy distinct cells, so summing distinct bits is a bitwise or
-        near = jnp.sum(jnp.where(close, jnp.left_shift(1, (dx + 2) * 5 + dy + 2), 0), 1)
+        near = jnp.sum(
+            jnp.where(close, jnp.left_shift(1, (dx + 2) * 5 + dy + 2), 0), 1, dtype=jnp.int32
+        )
         A = self.n_agents
         adjacent = (jnp.abs(dx[:, A:]) + jnp.abs(dy[:, A:]) == 1) & occ_valid[None, A:]
         return near, adjacent & state.agent_valid[:, None]
@@ -299,7 +305,7 @@ class SaveTheCity(Environment):
         reach = MOVE_DIST[None, 1:EXTINGUISH] <= _lookup(MAX_MOVE, state.agent_type)[:, None]
         move_ok = inside & free & reach & state.agent_valid[:, None]
 
-        target = jnp.sum(jnp.where(adjacent, jnp.arange(self.n_buildings), 0), 1)
+        target = jnp.sum(jnp.where(adjacent, jnp.arange(self.n_buildings), 0), 1, dtype=jnp.int32)
         on_fire = state.fire > 0.0
         buildable = ~state.complete & ~state.burned & (state.fire == 0.0)
         adj_fire = jnp.any(adjacent & on_fire[None], 1)
@@ -605,15 +611,18 @@ def _lookup(table, idx, axis: int = 0):
     """
     if axis == 1:
         hit = jnp.arange(table.shape[1]) == idx[:, None]
-        return jnp.sum(jnp.where(hit, table, 0), 1)
+        return jnp.sum(jnp.where(hit, table, 0), 1, dtype=table.dtype)
     if axis == -1:  # rows of a traced table [K, D] picked by idx [n] -> [n, D]
         hit = jnp.arange(table.shape[0])[None, :] == idx[:, None]
-        return jnp.sum(jnp.where(hit[:, :, None], table[None], 0), 1)
+        return jnp.sum(jnp.where(hit[:, :, None], table[None], 0), 1, dtype=table.dtype)
     table = jnp.asarray(table)
+    if jnp.issubdtype(table.dtype, jnp.integer):
+        table = table.astype(jnp.int32)  # numpy int64 tables would leak int64 under x64
     k = table.shape[0]
     hit = jnp.asarray(idx)[..., None] == jnp.arange(k)  # [..., K]
     hit = hit.reshape(hit.shape + (1,) * (table.ndim - 1))
-    return jnp.sum(jnp.where(hit, table, 0), idx.ndim if hasattr(idx, "ndim") else 0)
+    axis = idx.ndim if hasattr(idx, "ndim") else 0
+    return jnp.sum(jnp.where(hit, table, 0), axis, dtype=table.dtype)
 
 
 def _split_sizes(u: jax.Array, sizes: list[int]) -> list[jax.Array]:
