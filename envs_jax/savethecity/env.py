@@ -561,6 +561,18 @@ class SaveTheCity(Environment):
         A, B = self.n_agents, self.n_buildings
         if len(agents) > A or len(buildings) > B:
             raise ValueError(f"at most {A} agents and {B} buildings in {self!r}")
+        cells = [tuple(a[1:3]) for a in agents] + [tuple(b[1:3]) for b in buildings]
+        if len(set(cells)) < len(cells):
+            raise ValueError(f"two entities share a cell: {cells}")
+        if any(not (0 <= c < sc.MAP_SIZE) for cell in cells for c in cell):
+            raise ValueError(f"cells must lie in [0, {sc.MAP_SIZE}): {cells}")
+        for i, p in enumerate(buildings):
+            for q in buildings[:i]:
+                # spacing >= 3 is what makes the 4-adjacent building of an agent unique
+                if max(abs(p[1] - q[1]), abs(p[2] - q[2])) < 3:
+                    raise ValueError(f"buildings {q[1:3]} and {p[1:3]} are closer than 3 cells")
+        if any(a[0] not in (sc.FIREFIGHTER, sc.BUILDER, sc.GENERALIST) for a in agents):
+            raise ValueError("agent types must be 2 (firefighter), 3 (builder) or 4 (generalist)")
         fdt = _float()
         agent_pos = np.array(self._agent_off_map, np.int32)
         agent_type = np.full(A, -1, np.int32)
@@ -575,7 +587,7 @@ class SaveTheCity(Environment):
             bld_type[b], bld_pos[b], health[b], fire[b], period[b] = ty, (x, y), h, f, per
             ttnf[b] = spec[6] if len(spec) > 6 else per
             tslf[b] = spec[7] if len(spec) > 7 else 0
-        base = self._reset_from_uniforms(jnp.zeros(self._n_reset_draws, fdt))
+        base = jax.jit(self._reset_from_uniforms)(jnp.zeros(self._n_reset_draws, fdt))
         return base.replace(
             agent_pos=jnp.asarray(agent_pos),
             agent_type=jnp.asarray(agent_type),
