@@ -1,0 +1,5 @@
+"""`python -m alma_jax ...` is `python -m alma_jax.train ...`."""
+
+from alma_jax.train import main
+
+main()

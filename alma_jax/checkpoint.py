@@ -1,0 +1,42 @@
+"""Checkpoints: the whole jitted train state (orbax) plus the host loop's counters (JSON).
+
+The train state holds everything a run needs to continue bit-exactly: parameters, optimiser
+states, target copies, Pop-Art statistics, the replay buffer, RNG keys and step counters.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+def save_checkpoint(path: Path, state: Any, host: dict[str, int]) -> None:
+    """Write `state` and `host` to `path`, replacing any previous checkpoint there."""
+    path = Path(path).resolve()
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp / "state", state)
+        ckptr.wait_until_finished()
+    (tmp / "host.json").write_text(json.dumps(host))
+    # swap in only complete checkpoints, so a killed run keeps its previous one intact
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, abstract_state: Any) -> tuple[Any, dict[str, int]]:
+    """Restore (state, host) saved by `save_checkpoint`; `abstract_state` gives the structure."""
+    path = Path(path).resolve()
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(path / "state", abstract_state)
+    host = json.loads((path / "host.json").read_text())
+    return state, host

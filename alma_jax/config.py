@@ -1,0 +1,140 @@
+"""Every configuration key in one place: its default, type and allowed values.
+
+`load_config(overrides)` reads `configs/config.yaml` with the `env/` and `alg/` groups through
+Hydra's compose API (so `key=value`, `env=...`, `alg=...` overrides use Hydra's grammar), then
+checks every key before anything is compiled. Errors name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+ALGS = ("aqmix", "heuristic", "random_alloc")
+ENVS = ("savethecity",)
+
+
+class ConfigError(ValueError):
+    """A configuration key has an unknown name or a bad value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A full run: environment, method, budget, logging. Defaults are the paper's (alma.md 4.8)."""
+
+    # what to run
+    env: str = "savethecity"
+    alg: str = "heuristic"
+    env_args: dict = field(default_factory=dict)  # forwarded to envs_jax.make
+    # method (set by configs/alg/*.yaml)
+    subtask_cond: str | None = None  # None | 'mask' | 'full_obs'
+    allocation: str | None = None  # None | 'heuristic' | 'random'
+    action_length: int = 5
+    # budget and schedule
+    seed: int = 0
+    num_seeds: int = 1
+    num_envs: int = 8
+    total_env_steps: int = 15_000_000
+    updates_per_rollout: int = 8
+    batch_size: int = 32
+    max_traj_len: int = 64
+    buffer_size: int = 5000
+    target_update_interval: int = 200  # episodes
+    epsilon_start: float = 1.0
+    epsilon_finish: float = 0.05
+    epsilon_anneal_time: int = 2_000_000
+    gamma: float = 0.99
+    lr: float = 5e-4
+    grad_clip: float = 10.0
+    # network sizes
+    embed_dim: int = 128
+    n_heads: int = 4
+    hidden_dim: int = 64
+    mix_dim: int = 32
+    hyper_dim: int = 128
+    # evaluation, logging, checkpoints
+    test_interval: int = 50_000
+    test_episodes: int = 160
+    log_interval: int = 10_000
+    rollouts_per_chunk: int = 8
+    out_dir: str = "runs/default"
+    checkpoint_interval: int = 500_000
+    resume: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+
+
+ALLOWED: dict[str, tuple] = {
+    "env": ENVS,
+    "alg": ALGS,
+    "subtask_cond": (None, "mask", "full_obs"),
+    "allocation": (None, "heuristic", "random"),
+}
+POSITIVE = {
+    "num_seeds", "num_envs", "total_env_steps", "updates_per_rollout", "batch_size",
+    "max_traj_len", "buffer_size", "target_update_interval", "action_length", "test_interval",
+    "test_episodes", "log_interval", "rollouts_per_chunk", "checkpoint_interval", "embed_dim",
+    "n_heads", "hidden_dim", "mix_dim", "hyper_dim",
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ConfigError naming the first bad key and its allowed values; return cfg."""
+    for name, allowed in ALLOWED.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} is not allowed; choose one of "
+                              f"{[a for a in allowed]}")
+    for name in POSITIVE:
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    for name in ("gamma", "epsilon_start", "epsilon_finish"):
+        v = getattr(cfg, name)
+        if not 0.0 <= float(v) <= 1.0:
+            raise ConfigError(f"{name} must lie in [0, 1], got {v!r}")
+    if (cfg.subtask_cond is None) != (cfg.allocation is None):
+        raise ConfigError("subtask_cond and allocation must be set together (both or neither); "
+                          f"got subtask_cond={cfg.subtask_cond!r}, allocation={cfg.allocation!r}")
+    if cfg.embed_dim % cfg.n_heads or cfg.hyper_dim % cfg.n_heads:
+        raise ConfigError(f"embed_dim and hyper_dim must be divisible by n_heads={cfg.n_heads}")
+    if cfg.batch_size > cfg.buffer_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} exceeds buffer_size={cfg.buffer_size}")
+    return cfg
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Build and validate a Config from a plain dict; unknown keys are errors."""
+    names = {f.name for f in fields(Config)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; allowed keys: {sorted(names)}")
+    cfg = Config(**d)
+    for f in fields(Config):  # coerce YAML ints written as floats, e.g. 1e6
+        v = getattr(cfg, f.name)
+        if f.type == "int" and isinstance(v, float) and v.is_integer():
+            object.__setattr__(cfg, f.name, int(v))
+    return validate(cfg)
+
+
+def load_config(overrides: list[str] | None = None) -> Config:
+    """Compose configs/config.yaml + env/<env>.yaml + alg/<alg>.yaml with Hydra overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    overrides = list(overrides or [])
+    for group, allowed in (("env", ENVS), ("alg", ALGS)):
+        for o in overrides:
+            if o.startswith(f"{group}=") and o.split("=", 1)[1] not in allowed:
+                raise ConfigError(f"{o!r}: {group} must be one of {list(allowed)}")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            raw = compose(config_name="config", overrides=overrides)
+    except HydraException as e:  # e.g. a key that does not exist
+        names = sorted(f.name for f in fields(Config))
+        raise ConfigError(f"{e}\nallowed keys: {names}") from None
+    d = OmegaConf.to_container(raw, resolve=True)
+    return from_dict(d)

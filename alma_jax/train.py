@@ -1,0 +1,154 @@
+"""Command line entry point: `python -m alma_jax.train env=savethecity alg=heuristic [key=value ...]`.
+
+The host loop only calls the jitted (and seed-vmapped) chunk, then logs, evaluates and
+checkpoints. Metrics go to `<out_dir>/metrics.jsonl` (one line per record, per-seed values),
+`<out_dir>/metrics.csv` (seed means) and, with `tensorboard=true`, TensorBoard.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alma_jax import buffer as bf
+from alma_jax.checkpoint import load_checkpoint, save_checkpoint
+from alma_jax.config import Config, ConfigError, load_config
+from alma_jax.trainer import TrainFns, make_train
+
+
+def _to_host(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.asarray(x), tree)
+
+
+class MetricLog:
+    """Appends records to metrics.jsonl (all seeds) and metrics.csv (seed means)."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool):
+        self.jsonl = out_dir / "metrics.jsonl"
+        self.csv = out_dir / "metrics.csv"
+        self.writer = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # keep the core install small
+                print("tensorboard=true needs `pip install tensorboardX`; logging to files only")
+            else:
+                self.writer = SummaryWriter(str(out_dir / "tb"))
+
+    def write(self, t_env: int, values: dict[str, np.ndarray]) -> dict[str, float]:
+        per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in values.items()}
+        means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                 for k, v in per_seed.items()}
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps({"t_env": t_env, "per_seed": per_seed, "mean": means}) + "\n")
+        new = not self.csv.exists()
+        with open(self.csv, "a", newline="") as f:
+            w = csv.writer(f)
+            for k, v in sorted(means.items()):
+                if new:
+                    w.writerow(["t_env", "key", "mean"])
+                    new = False
+                w.writerow([t_env, k, v])
+        if self.writer is not None:
+            for k, v in means.items():
+                self.writer.add_scalar(k, v, t_env)
+        return means
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train with `cfg`; returns the final host-side summary (also used by tests)."""
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fns: TrainFns = make_train(cfg)
+    needed = bf.check_buffer_fits(fns.example_episode, cfg.buffer_size, n_copies=cfg.num_seeds)
+    print(f"replay buffer: {cfg.num_seeds} x buffer_size={cfg.buffer_size} episodes = "
+          f"{needed / 2**30:.2f} GiB", flush=True)
+    init = jax.jit(jax.vmap(fns.init))
+    chunk = jax.jit(jax.vmap(fns.chunk), donate_argnums=0)
+    evaluate = jax.jit(jax.vmap(fns.evaluate))
+    seeds = jnp.arange(cfg.seed, cfg.seed + cfg.num_seeds)
+    host = {"next_test": 0, "next_checkpoint": cfg.checkpoint_interval, "next_log": 0}
+
+    ckpt_dir = out_dir / "checkpoint"
+    state = None
+    if cfg.resume and ckpt_dir.exists():
+        abstract = jax.eval_shape(init, jax.vmap(jax.random.PRNGKey)(seeds))
+        state, host = load_checkpoint(ckpt_dir, abstract)
+        print(f"resumed from {ckpt_dir} at t_env={int(np.min(state.t_env))}", flush=True)
+    else:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (out_dir / "metrics.csv").unlink(missing_ok=True)
+        state = init(jax.vmap(jax.random.PRNGKey)(seeds))
+    with open(out_dir / "config.json", "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    log = MetricLog(out_dir, cfg.tensorboard)
+
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.total_env_steps, unit="step", dynamic_ncols=True, file=sys.stdout)
+        bar.update(int(np.min(state.t_env)))
+    latest: dict[str, float] = {}
+    t0, steps0, compiling = time.perf_counter(), int(np.min(state.t_env)), True
+    while True:
+        t_env = int(np.min(state.t_env))  # seeds advance at slightly different rates
+        if t_env >= host["next_test"]:
+            key = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.PRNGKey(s), t))(
+                seeds, state.t_env)  # from the counters: resuming replays the same tests
+            ev = log.write(t_env, _to_host(evaluate(state, key)))
+            latest = {k: v for k, v in ev.items() if k in ("eval/solved_mean", "eval/return_mean")}
+            host["next_test"] = (t_env // cfg.test_interval + 1) * cfg.test_interval
+        if t_env >= cfg.total_env_steps:
+            break
+        if t_env >= host["next_checkpoint"]:
+            save_checkpoint(ckpt_dir, state, host)
+            host["next_checkpoint"] = (t_env // cfg.checkpoint_interval + 1) * \
+                cfg.checkpoint_interval
+        state, metrics = chunk(state)
+        metrics = _to_host(metrics)
+        new_t = int(np.min(state.t_env))
+        if compiling:  # the first chunk includes compilation: keep it out of the rate
+            t0, steps0, compiling = time.perf_counter(), new_t, False
+        if new_t >= host["next_log"]:
+            means = {k: np.nanmean(v, axis=-1) if v.ndim > 1 else v
+                     for k, v in metrics.items() if k != "t_env"}
+            log.write(new_t, means)
+            host["next_log"] = (new_t // cfg.log_interval + 1) * cfg.log_interval
+        if bar is not None:
+            rate = (new_t - steps0) / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix({"steps/s": f"{rate:,.0f}", **{k.split("/")[1]: f"{v:.3f}"
+                                                         for k, v in latest.items()}})
+            bar.update(new_t - t_env)
+    if bar is not None:
+        bar.close()
+    save_checkpoint(ckpt_dir, state, host)
+    return {"t_env": np.asarray(state.t_env), "state": state, "latest": latest}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("keys and defaults: configs/config.yaml; methods: configs/alg/*.yaml")
+        return
+    try:
+        cfg = load_config(argv)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    run(cfg)
+    print(f"done: {math.floor(cfg.total_env_steps)} env steps; metrics in {cfg.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
