@@ -1,4 +1,4 @@
-"""Command line entry point: `python -m alma_jax.train env=savethecity alg=heuristic [key=value ...]`.
+"""Command line: `python -m alma_jax.train env=savethecity alg=heuristic [key=value ...]`.
 
 The host loop only calls the jitted (and seed-vmapped) chunk, then logs, evaluates and
 checkpoints. Metrics go to `<out_dir>/metrics.jsonl` (one line per record, per-seed values),
