@@ -409,7 +409,7 @@ def test_termination_cases(env, transition):
 def test_end_on_any_burn(transition):
     env = envs_jax.make("savethecity", end_on_any_burn=True)
     st = env.make_state([(FF, 8, 8)], [(F_BLD, 5, 5, 0.02, 1.0, 60), (S_BLD, 13, 13, 0.5, 0, 20)])
-    assert bool(env.transition(st, act(0), NO_COINS)[3])
+    assert bool(jax.jit(env.transition)(st, act(0), NO_COINS)[3])
 
 
 def test_episode_statistics_types_per_firefight(env, transition):
@@ -473,6 +473,8 @@ def _heuristic_ref(agents, blds):
 
 
 def test_heuristic_allocation_with_ties(env):
+    from_state = jax.jit(heuristic_allocation)
+    from_obs = jax.jit(lambda st: heuristic_allocation(env.get_obs(st)))
     rng = np.random.default_rng(0)
     for _ in range(60):
         n, m = rng.integers(1, 6), rng.integers(1, 7)
@@ -487,7 +489,7 @@ def test_heuristic_allocation_with_ties(env):
                              for c, h, f in zip(cells, health, fire)])
         blds = [(int(c[0]), int(c[1]), 0 < h < 1, f > 0) for c, h, f in zip(cells, health, fire)]
         ref = _heuristic_ref([(t, *p) for t, p in zip(types, apos)], blds)
-        for alloc in (heuristic_allocation(st), heuristic_allocation(env.get_obs(st))):
+        for alloc in (from_state(st), from_obs(st)):
             alloc = np.asarray(alloc)
             got = [int(np.argmax(r)) if r.any() else -1 for r in alloc[:n]]
             assert got == ref

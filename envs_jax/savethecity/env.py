@@ -587,7 +587,9 @@ class SaveTheCity(Environment):
             bld_type[b], bld_pos[b], health[b], fire[b], period[b] = ty, (x, y), h, f, per
             ttnf[b] = spec[6] if len(spec) > 6 else per
             tslf[b] = spec[7] if len(spec) > 7 else 0
-        base = jax.jit(self._reset_from_uniforms)(jnp.zeros(self._n_reset_draws, fdt))
+        if getattr(self, "_template", None) is None or self._template.health.dtype != fdt:
+            self._template = jax.jit(self._reset_from_uniforms)(jnp.zeros(self._n_reset_draws, fdt))
+        base = self._template
         return base.replace(
             agent_pos=jnp.asarray(agent_pos),
             agent_type=jnp.asarray(agent_type),
