@@ -12,9 +12,12 @@ available action is "stay") always get action 0.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
+from envs_jax.rng import hash_uniforms
 from envs_jax.savethecity.env import EXTINGUISH, N_ACTIONS
 
 
@@ -29,14 +32,15 @@ def _uniform_among(key: jax.Array, allowed: jax.Array) -> jax.Array:
     """Index of a uniformly chosen True entry per row, from ONE uniform per row.
 
     Picks the k-th allowed entry with k = floor(u * count): one random number per agent
-    instead of one per action keeps random-number generation off the critical path of
-    vmapped rollouts. Rows without any True entry give 0 (never happens for real agents:
-    "stay" is always available).
+    instead of one per action, drawn with the cheap hash generator of `envs_jax.rng`, keeps
+    random-number generation off the critical path of vmapped rollouts. Rows without any
+    True entry give 0 (never happens for real agents: "stay" is always available).
     """
     ok = allowed.astype(jnp.float32)
     n = allowed.shape[-1]
     before = ok @ jnp.triu(jnp.ones((n, n), jnp.float32), 1)  # allowed entries before each
-    k = jnp.floor(jax.random.uniform(key, allowed.shape[:-1]) * jnp.sum(ok, -1))
+    u = hash_uniforms(key, math.prod(allowed.shape[:-1])).reshape(allowed.shape[:-1])
+    k = jnp.floor(u * jnp.sum(ok, -1))
     return jnp.argmax(allowed & (before == k[..., None]), -1).astype(jnp.int32)
 
 
