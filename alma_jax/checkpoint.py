@@ -40,3 +40,16 @@ def load_checkpoint(path: Path, abstract_state: Any) -> tuple[Any, dict[str, int
         state = ckptr.restore(path / "state", abstract_state)
     host = json.loads((path / "host.json").read_text())
     return state, host
+
+
+def load_partial(path: Path, abstract_item: dict[str, Any]) -> dict[str, Any]:
+    """Restore only some fields of a saved train state, e.g. `{"low": abstract.low}` for
+    evaluation (skips reading the replay buffer). Keys are the state's field names."""
+    path = Path(path).resolve()
+    args = ocp.args.PyTreeRestore(
+        item=abstract_item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_item),
+        partial_restore=True,
+    )
+    with ocp.PyTreeCheckpointer() as ckptr:
+        return ckptr.restore(path / "state", args=args)

@@ -81,12 +81,39 @@ POSITIVE = {
 }
 
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,),
+}
+
+
+def _check_types(cfg: Config) -> None:
+    """Every plain-typed key holds a value of its type (bools are not numbers here)."""
+    for f in fields(Config):
+        want = _TYPES.get(f.type)
+        v = getattr(cfg, f.name)
+        if want is None:
+            continue
+        if not isinstance(v, want) or (isinstance(v, bool) and bool not in want):
+            raise ConfigError(f"{f.name} must be of type {f.type}, got {v!r}")
+
+
+def _check_env(cfg: Config) -> None:
+    """env_args are the environment's options: build it once so bad ones fail here."""
+    import envs_jax
+
+    try:
+        envs_jax.make(cfg.env, **cfg.env_args)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"env_args={cfg.env_args!r}: {e}") from None
+
+
 def validate(cfg: Config) -> Config:
     """Raise ConfigError naming the first bad key and its allowed values; return cfg."""
     for name, allowed in ALLOWED.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name}={getattr(cfg, name)!r} is not allowed; choose one of "
                               f"{[a for a in allowed]}")
+    _check_types(cfg)
     for name in POSITIVE:
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -102,6 +129,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"embed_dim and hyper_dim must be divisible by n_heads={cfg.n_heads}")
     if cfg.batch_size > cfg.buffer_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds buffer_size={cfg.buffer_size}")
+    _check_env(cfg)
     return cfg
 
 

@@ -64,6 +64,18 @@ class MetricLog:
                 self.writer.add_scalar(k, v, t_env)
         return means
 
+    def truncate_after(self, t_env: int) -> None:
+        """Drop records logged after `t_env`: a run resumed from a checkpoint taken at `t_env`
+        logs them again (they were written by a killed run after its last checkpoint)."""
+        if self.jsonl.exists():
+            lines = [ln for ln in self.jsonl.read_text().splitlines(keepends=True) if ln.strip()]
+            self.jsonl.write_text("".join(ln for ln in lines if json.loads(ln)["t_env"] <= t_env))
+        if self.csv.exists():
+            with open(self.csv, newline="") as f:
+                rows = list(csv.reader(f))
+            with open(self.csv, "w", newline="") as f:
+                csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if int(r[0]) <= t_env])
+
 
 def run(cfg: Config) -> dict[str, Any]:
     """Train with `cfg`; returns the final host-side summary (also used by tests)."""
@@ -80,11 +92,12 @@ def run(cfg: Config) -> dict[str, Any]:
     host = {"next_test": 0, "next_checkpoint": cfg.checkpoint_interval, "next_log": 0}
 
     ckpt_dir = out_dir / "checkpoint"
-    state = None
+    state, resumed_at = None, None
     if cfg.resume and ckpt_dir.exists():
         abstract = jax.eval_shape(init, jax.vmap(jax.random.PRNGKey)(seeds))
         state, host = load_checkpoint(ckpt_dir, abstract)
-        print(f"resumed from {ckpt_dir} at t_env={int(np.min(state.t_env))}", flush=True)
+        resumed_at = int(np.min(state.t_env))
+        print(f"resumed from {ckpt_dir} at t_env={resumed_at}", flush=True)
     else:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
         (out_dir / "metrics.csv").unlink(missing_ok=True)
@@ -92,6 +105,8 @@ def run(cfg: Config) -> dict[str, Any]:
     with open(out_dir / "config.json", "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
     log = MetricLog(out_dir, cfg.tensorboard)
+    if resumed_at is not None:
+        log.truncate_after(resumed_at)
 
     bar = None
     if cfg.progress:

@@ -24,7 +24,7 @@ from alma_jax import buffer as bf
 from alma_jax.allocation import env_heuristic_allocation, random_allocation
 from alma_jax.config import Config
 from alma_jax.learners.qmix import LowState, QMixConfig, QMixLearner
-from alma_jax.rollout import make_rollout
+from alma_jax.rollout import make_rollout, with_allocation
 from alma_jax.schedules import LinearSchedule, maybe_update_target
 
 
@@ -48,6 +48,8 @@ class TrainFns(NamedTuple):
     env: Any
     learner: QMixLearner
     example_episode: bf.EpisodeBatch
+    evaluate_params: Any  # evaluate from the low-level parameters alone (checkpoint evaluation)
+    act_one: Any  # acting in ONE environment outside the rollout (see `make_act_one`)
 
 
 END_STATS = ("solved", "prop_buildings_completed", "buildings_completed", "buildings_burned",
@@ -64,6 +66,28 @@ def _allocation_policy(cfg: Config, env):
 
         return env_heuristic_allocation(heuristic_allocation)
     raise ValueError(f"allocation={cfg.allocation!r} is not implemented")
+
+
+def make_act_one(learner: QMixLearner, alloc_fn) -> Any:
+    """The rollout's acting step for ONE environment, for host loops (evaluation, GIFs).
+
+    `act_one(params, key, obs, held, decide, last_action, eps) -> (alloc [NA, NT], actions [NA])`:
+    at a decision row (`decide`, timing as in `alma_jax.rollout`) a fresh allocation from the
+    method's allocation policy replaces `held`; it is written into the agent rows of
+    `entity2task_mask` (spec 1.3) and the learner acts epsilon-greedily (spec 2.2).
+    """
+
+    def act_one(params, key, obs, held, decide, last_action, eps):
+        k_alloc, k_act = jax.random.split(key)
+        if alloc_fn is None:
+            alloc, obs_row = held, obs
+        else:
+            alloc = jnp.where(decide, alloc_fn(None, k_alloc, obs, held), held)
+            obs_row = with_allocation(obs, alloc)
+        one = jax.tree.map(lambda x: x[None], (obs_row, last_action, alloc))
+        return alloc, learner.act(params, k_act, *one, eps)[0]
+
+    return act_one
 
 
 def episode_metrics(stats, prefix: str) -> dict[str, jax.Array]:
@@ -146,9 +170,11 @@ def make_train(cfg: Config) -> TrainFns:
 
     def evaluate(state: TrainState, key: jax.Array) -> dict[str, jax.Array]:
         """Greedy episodes (epsilon 0), `n_test_rollouts * num_envs` of them, not stored."""
+        return evaluate_params(state.low.params, key)
 
+    def evaluate_params(params: Any, key: jax.Array) -> dict[str, jax.Array]:
         def one(_, k):
-            _, stats, _ = rollout(state.low.params, None, k, 0.0)
+            _, stats, _ = rollout(params, None, k, 0.0)
             return None, stats
 
         _, stats = jax.lax.scan(one, None, jax.random.split(key, n_test_rollouts))
@@ -164,4 +190,5 @@ def make_train(cfg: Config) -> TrainFns:
             out[f"eval_by_agents/{n}/return_mean"] = jnp.where(cnt > 0, ret, jnp.nan)
         return out
 
-    return TrainFns(init, chunk, evaluate, env, learner, example)
+    return TrainFns(init, chunk, evaluate, env, learner, example, evaluate_params,
+                    make_act_one(learner, alloc_fn))

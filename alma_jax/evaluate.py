@@ -1,0 +1,173 @@
+"""Evaluate a trained run: `python -m alma_jax.evaluate out_dir=<run dir> [key=value ...]`.
+
+Loads `<out_dir>/config.json` and the learner part of `<out_dir>/checkpoint`, runs greedy test
+episodes (epsilon 0, not stored; spec 4.6) for every seed of the run, prints the metrics as
+JSON, and writes a GIF of a few greedy episodes of the run's first seed.
+
+keys:
+  out_dir       the run directory (required)
+  episodes      test episodes per seed (default: the run's test_episodes; rounded up to a
+                multiple of num_envs)
+  gif           GIF path (default <out_dir>/eval.gif; gif=none skips it)
+  gif_episodes  episodes in the GIF (default 2)
+  seed          key of the test episodes (default 0)
+  cell          pixels per map cell in the GIF (default 24)
+  fps           GIF frames per second (default 4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alma_jax.checkpoint import load_partial
+from alma_jax.config import ConfigError, from_dict
+from alma_jax.trainer import TrainFns, make_train
+
+DEFAULTS: dict[str, Any] = {
+    "out_dir": None, "episodes": None, "gif": None, "gif_episodes": 2, "seed": 0, "cell": 24,
+    "fps": 4.0,
+}
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """`key=value` arguments -> options (ConfigError on unknown keys or bad values)."""
+    opts = dict(DEFAULTS)
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep or key not in DEFAULTS:
+            raise ConfigError(f"bad argument {a!r}; use key=value with key one of {list(DEFAULTS)}")
+        opts[key] = value
+    if opts["out_dir"] is None:
+        raise ConfigError("out_dir=<run dir> is required")
+    for key, typ in (("episodes", int), ("gif_episodes", int), ("seed", int), ("cell", int),
+                     ("fps", float)):
+        if opts[key] is not None:
+            try:
+                opts[key] = typ(opts[key])
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {opts[key]!r}") from None
+    return opts
+
+
+def play_episodes(fns: TrainFns, cfg, params: Any, key: jax.Array, n_episodes: int,
+                  eps: float = 0.0) -> list[dict[str, Any]]:
+    """Host loop over ONE environment recording every state (for rendering).
+
+    Returns one dict per episode: `states` (T+1 env states, numpy leaves), `allocations`
+    ([NA, NT] per state, None for flat methods), `actions` (per state, None for the last),
+    `rewards` (reward of the step into each state, None for the first), `return`.
+    Decision rows follow the rollout: the first row, every `action_length` rows, and the row
+    after a subtask finished (spec 3.7).
+    """
+    env = fns.env
+    reset, step = jax.jit(env.reset), jax.jit(env.step_env)
+    act_one = jax.jit(fns.act_one)
+    allocates = cfg.allocation is not None
+    episodes = []
+    for _ in range(n_episodes):
+        key, k_reset = jax.random.split(key)
+        obs, state = reset(k_reset)
+        held = jnp.zeros((env.n_agents, env.n_tasks), bool)
+        last_action = jnp.full((env.n_agents,), -1, jnp.int32)
+        timer, changed = 0, False
+        rec: dict[str, list] = {"states": [], "allocations": [], "actions": [], "rewards": [None]}
+        for t in range(env.episode_limit):
+            key, k_act, k_env = jax.random.split(key, 3)
+            decide = t == 0 or timer >= cfg.action_length or changed
+            held, actions = act_one(params, k_act, obs, held, decide, last_action, eps)
+            rec["states"].append(jax.device_get(state))
+            rec["allocations"].append(np.asarray(held) if allocates else None)
+            rec["actions"].append(np.asarray(actions))
+            obs, state, reward, done, info = step(k_env, state, actions)
+            rec["rewards"].append(float(reward))
+            timer = 1 if decide else timer + 1
+            changed = bool(info["tasks_changed"])
+            last_action = actions
+            if bool(done):
+                break
+        rec["states"].append(jax.device_get(state))
+        rec["allocations"].append(np.asarray(held) if allocates else None)
+        rec["actions"].append(None)
+        rec["return"] = float(np.sum(rec["rewards"][1:]))
+        episodes.append(rec)
+    return episodes
+
+
+def save_episodes_gif(episodes: list[dict[str, Any]], path: Path, title: str, cell: int = 24,
+                      fps: float = 4.0) -> int:
+    """Render the episodes one after the other into one GIF; returns the number of frames."""
+    from envs_jax.savethecity.render import render_state, save_gif
+
+    frames = []
+    for e, ep in enumerate(episodes):
+        ret = np.cumsum([0.0] + ep["rewards"][1:])
+        for k, st in enumerate(ep["states"]):
+            frames.append(render_state(
+                st, allocation=ep["allocations"][k], actions=ep["actions"][k],
+                reward=ep["rewards"][k], title=f"{title} | episode {e} | return {ret[k]:+.2f}",
+                cell=cell))
+    save_gif(frames, path, fps=fps)
+    return len(frames)
+
+
+def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None = None,
+             gif_episodes: int = 2, seed: int = 0, cell: int = 24, fps: float = 4.0
+             ) -> dict[str, Any]:
+    """Evaluate the checkpoint of a run directory; returns the printed summary."""
+    out_dir = Path(out_dir)
+    cfg_path, ckpt = out_dir / "config.json", out_dir / "checkpoint"
+    if not cfg_path.exists() or not ckpt.exists():
+        raise FileNotFoundError(f"{out_dir} has no config.json and checkpoint/ of a run")
+    cfg = from_dict(json.loads(cfg_path.read_text()))
+    if episodes is not None:
+        cfg = dataclasses.replace(cfg, test_episodes=episodes)
+    fns = make_train(cfg)
+    run_seeds = jnp.arange(cfg.seed, cfg.seed + cfg.num_seeds)
+    abstract = jax.eval_shape(jax.vmap(fns.init), jax.vmap(jax.random.PRNGKey)(run_seeds))
+    saved = load_partial(ckpt, {"low": abstract.low, "t_env": abstract.t_env})
+    params = saved["low"].params
+    keys = jax.random.split(jax.random.PRNGKey(seed), cfg.num_seeds)
+    metrics = jax.device_get(jax.jit(jax.vmap(fns.evaluate_params))(params, keys))
+    per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in sorted(metrics.items())}
+    summary: dict[str, Any] = {
+        "out_dir": str(out_dir), "alg": cfg.alg, "t_env": np.asarray(saved["t_env"]).tolist(),
+        "episodes_per_seed": -(-cfg.test_episodes // cfg.num_envs) * cfg.num_envs,
+        "mean": {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                 for k, v in per_seed.items()},
+        "per_seed": per_seed,
+    }
+    gif_path = out_dir / "eval.gif" if gif is None else Path(gif)
+    if gif is None or gif.lower() != "none":
+        first = jax.tree.map(lambda x: x[0], params)
+        played = play_episodes(fns, cfg, first, jax.random.PRNGKey(seed), gif_episodes)
+        title = f"{cfg.alg} | seed {cfg.seed} | t_env {int(summary['t_env'][0])}"
+        summary["gif"] = str(gif_path)
+        summary["gif_frames"] = save_episodes_gif(played, gif_path, title, cell=cell, fps=fps)
+        summary["gif_returns"] = [ep["return"] for ep in played]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return {}
+    try:
+        opts = parse_args(argv)
+        summary = evaluate(**opts)
+    except (ConfigError, FileNotFoundError) as e:
+        raise SystemExit(f"config error: {e}") from None
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

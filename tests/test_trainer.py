@@ -1,0 +1,320 @@
+"""End-to-end training runs, resume, seed vmapping, config errors, evaluation CLI (spec 4, 6.5 18).
+
+Every run uses tiny networks, 4 environments and 30-step episodes. Compilation dominates the
+cost, so the module shares compiled executables between runs of the same shapes through a
+persistent compilation cache in a temporary directory (runs that differ only in host-side
+settings, such as total_env_steps, out_dir or resume, then compile once), and runs are built
+once per module and shared by the tests that inspect them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import alma_jax.train as train_mod
+from alma_jax.config import ConfigError, from_dict, load_config
+
+TINY = [
+    "num_envs=4", "buffer_size=32", "batch_size=6", "max_traj_len=16", "updates_per_rollout=2",
+    "rollouts_per_chunk=2", "embed_dim=16", "hyper_dim=16", "hidden_dim=8", "mix_dim=8",
+    "target_update_interval=8", "test_interval=400", "test_episodes=4", "log_interval=1",
+    "progress=false", "+env_args.episode_limit=30",
+]
+TOTAL = 1000  # env steps of the end-to-end runs (about 5 chunks of 2 rollouts)
+CHECKPOINT = 500  # mid-run checkpoint of the resume test
+
+
+def tiny_config(out_dir, alg="heuristic", **kw):
+    overrides = [f"alg={alg}", *TINY, f"out_dir={out_dir}", f"total_env_steps={TOTAL}",
+                 f"checkpoint_interval={CHECKPOINT}", "num_seeds=1"]
+    overrides += [f"{k}={v}" for k, v in kw.items()]
+    return load_config(overrides)
+
+
+def read_jsonl(out_dir):
+    return [json.loads(ln) for ln in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def leaves_equal(a, b, exact=True):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        if exact or not np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    """Persistent compilation cache for this module only (restored afterwards).
+
+    Only a speed-up: it relies on a private JAX module, so without it the tests just compile.
+    """
+    try:
+        from jax._src import compilation_cache as cc
+
+        cc.reset_cache  # noqa: B018
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in names}
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("jit_cache")))
+    jax.config.update(names[1], 0.0)
+    jax.config.update(names[2], 0)
+    cc.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
+class TraceCounter:
+    """Wraps `make_train` so that every trace of `chunk` / `evaluate` is counted."""
+
+    def __init__(self):
+        self.chunk = self.evaluate = 0
+
+    def make_train(self, cfg):
+        fns = _real_make_train(cfg)
+
+        def chunk(state):
+            self.chunk += 1
+            return fns.chunk(state)
+
+        def evaluate(state, key):
+            self.evaluate += 1
+            return fns.evaluate(state, key)
+
+        return fns._replace(chunk=chunk, evaluate=evaluate)
+
+
+_real_make_train = train_mod.make_train
+
+
+def counted_run(cfg, monkeypatch_ctx=None):
+    counter = TraceCounter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "make_train", counter.make_train)
+        if monkeypatch_ctx is not None:
+            monkeypatch_ctx(mp)
+        out = train_mod.run(cfg)
+    return out, counter
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Lazily built runs shared by the tests (name -> (cfg, run output, trace counter))."""
+    cache = {}
+    root = tmp_path_factory.mktemp("runs")
+
+    def get(name):
+        if name not in cache:
+            if name == "heuristic":  # two seeds: also run A of the resume test
+                cfg = tiny_config(root / name, "heuristic", num_seeds=2, seed=3)
+            else:
+                cfg = tiny_config(root / name, name)
+            cache[name] = (cfg, *counted_run(cfg))
+        return cache[name]
+
+    return get
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("alg", ["heuristic", "random_alloc", "aqmix"])
+def test_end_to_end(runs, alg):
+    cfg, out, counter = runs(alg)
+    state, out_dir = out["state"], Path(cfg.out_dir)
+    E, R, U = cfg.num_envs, cfg.rollouts_per_chunk, cfg.updates_per_rollout
+    t_env = np.asarray(state.t_env)
+    assert t_env.shape == (cfg.num_seeds,) and np.min(t_env) >= cfg.total_env_steps
+    episodes = np.asarray(state.episode)
+    assert np.all(episodes % (E * R) == 0) and np.all(episodes == episodes[0])
+    # batch_size=6 > num_envs=4: the first rollout only fills the buffer, then U per rollout
+    np.testing.assert_array_equal(np.asarray(state.updates), (episodes // E - 1) * U)
+    assert int(np.asarray(state.buffer.size)[0]) == min(int(episodes[0]), cfg.buffer_size)
+
+    for f in ("metrics.jsonl", "metrics.csv", "config.json", "checkpoint/host.json"):
+        assert (out_dir / f).exists(), f
+    assert from_dict(json.loads((out_dir / "config.json").read_text())) == cfg
+    records = read_jsonl(out_dir)
+    evals = [r for r in records if "eval/solved_mean" in r["mean"]]
+    chunks = [r for r in records if "learner_updates" in r["mean"]]
+    assert len(evals) + len(chunks) == len(records)
+    assert evals[0]["t_env"] == 0 and len(evals) >= 2  # at start, then every test_interval
+    assert [r["t_env"] // cfg.test_interval for r in evals] == list(range(len(evals)))
+    for key in ("eval/solved_mean", "eval/return_mean", "eval/return_std",
+                "eval/ep_length_mean", "eval/prop_buildings_completed_mean"):
+        assert key in evals[-1]["mean"] and len(evals[-1]["per_seed"][key]) == cfg.num_seeds
+        assert np.isfinite(evals[-1]["mean"][key])
+    assert 0.0 <= evals[-1]["mean"]["eval/solved_mean"] <= 1.0
+    for key in ("losses/q_loss", "train_metrics/q_grad_norm", "train/return_mean",
+                "annealing/epsilon", "train/solved_mean"):
+        assert key in chunks[-1]["mean"] and np.isfinite(chunks[-1]["mean"][key])
+    assert len(chunks) == episodes[0] // (E * R)
+    assert chunks[-1]["t_env"] == np.min(t_env)
+    # the log accounts for every update and every env step (per seed)
+    per_seed = lambda k: np.array([r["per_seed"][k] for r in chunks])  # noqa: E731
+    np.testing.assert_allclose(per_seed("learner_updates").sum(0) * R, state.updates)
+    np.testing.assert_allclose(per_seed("train/ep_length_mean").sum(0) * R * E, t_env,
+                               rtol=1e-5)
+    # metrics.csv holds the seed means of the same records
+    with open(out_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["t_env", "key", "mean"]
+    last = {r[1]: float(r[2]) for r in rows[1:] if int(r[0]) == chunks[-1]["t_env"]}
+    np.testing.assert_allclose(last["losses/q_loss"], chunks[-1]["mean"]["losses/q_loss"])
+    # compile once: the jitted chunk and evaluate were traced once for all their calls
+    assert counter.chunk == 1 and counter.evaluate == 1
+
+
+# ------------------------------------------------------------------------------- resume
+class Killed(Exception):
+    pass
+
+
+def test_resume_is_bit_exact(runs, tmp_path):
+    """Run A goes straight to TOTAL. Run B is killed right after logging the first chunk
+    that follows its mid-run checkpoint, then resumed: final state (parameters, optimiser,
+    targets, Pop-Art, replay buffer, keys, counters) and the whole metric log equal A's."""
+    cfg_a, out_a, _ = runs("heuristic")
+    cfg_b = dataclasses.replace(cfg_a, out_dir=str(tmp_path / "b"))
+    saved = []
+    real_save, real_write = train_mod.save_checkpoint, train_mod.MetricLog.write
+
+    def save(path, state, host):
+        saved.append(int(np.min(state.t_env)))
+        real_save(path, state, host)
+
+    def write(self, t_env, values):
+        means = real_write(self, t_env, values)
+        if saved and "learner_updates" in values:
+            raise Killed(t_env)
+        return means
+
+    def patch(mp):
+        mp.setattr(train_mod, "save_checkpoint", save)
+        mp.setattr(train_mod.MetricLog, "write", write)
+
+    with pytest.raises(Killed):
+        counted_run(cfg_b, patch)
+    assert saved and CHECKPOINT <= saved[0] < cfg_b.total_env_steps
+    killed_log = read_jsonl(cfg_b.out_dir)
+    assert killed_log[-1]["t_env"] > saved[0]  # logged after the checkpoint, then "killed"
+
+    out_b, counter = counted_run(dataclasses.replace(cfg_b, resume=True))
+    leaves_equal(out_a["state"], out_b["state"])
+    leaves_equal(out_a["state"].buffer, out_b["state"].buffer)  # (included above; explicit)
+    assert read_jsonl(cfg_b.out_dir) == read_jsonl(cfg_a.out_dir)
+    assert (Path(cfg_b.out_dir) / "metrics.csv").read_text() == \
+        (Path(cfg_a.out_dir) / "metrics.csv").read_text()
+    a_host = json.loads((Path(cfg_a.out_dir) / "checkpoint/host.json").read_text())
+    assert json.loads((Path(cfg_b.out_dir) / "checkpoint/host.json").read_text()) == a_host
+    # the restored state has the avals the chunk produces: no second trace after resuming
+    assert counter.chunk == 1
+
+
+# -------------------------------------------------------------------------------- seeds
+def test_vmapped_seeds_equal_separate_runs(runs):
+    """num_seeds=2 from seed s equals, per seed, a num_seeds=1 run with seed s and s+1.
+
+    The single-seed runs use the trainer's functions exactly as `run` jits them (one trace
+    and compile serves both seeds). A vmapped run stops when its slowest seed reaches
+    total_env_steps, so each single-seed run goes on until it has played the same number of
+    episodes. Integer leaves (actions and every other buffer code, counters, keys) are equal
+    exactly; float leaves agree to ~1e-8 but not bit for bit (XLA vectorises the batched
+    matmuls differently under vmap), hence the float tolerance.
+    """
+    cfg, out, _ = runs("heuristic")
+    both = out["state"]
+    fns = _real_make_train(dataclasses.replace(cfg, num_seeds=1))
+    init = jax.jit(jax.vmap(fns.init))
+    chunk = jax.jit(jax.vmap(fns.chunk), donate_argnums=0)
+    for i in range(cfg.num_seeds):
+        single = init(jax.vmap(jax.random.PRNGKey)(jnp.array([cfg.seed + i])))
+        while int(single.episode[0]) < int(both.episode[i]):
+            single, _ = chunk(single)
+        leaves_equal(jax.tree.map(lambda x, i=i: x[i:i + 1], both), single, exact=False)
+
+
+# ----------------------------------------------------------------------- config errors
+@pytest.mark.parametrize("override, named, allowed", [
+    ("alg=nope", "alg", ["aqmix", "heuristic", "random_alloc"]),
+    ("env=nope", "env", ["savethecity"]),
+    ("num_env=4", "num_env", ["num_envs", "batch_size"]),  # unknown key: allowed keys listed
+    ("+num_env=4", "num_env", ["num_envs", "batch_size"]),
+    ("subtask_cond=foo", "subtask_cond", ["None", "'mask'", "'full_obs'"]),
+    ("allocation=foo", "allocation", ["'heuristic'", "'random'"]),
+    ("num_envs=0", "num_envs", ["positive integer"]),
+    ("num_envs=2.5", "num_envs", ["int"]),
+    ("gamma=1.5", "gamma", ["[0, 1]"]),
+    ("gamma=abc", "gamma", ["float"]),
+    ("lr=abc", "lr", ["float"]),
+    ("progress=maybe", "progress", ["bool"]),
+    ("env_args.scenario=nope", "env_args", ["2-5a_2-5b"]),
+    ("+env_args.foo=1", "env_args", ["episode_limit", "scenario"]),
+])
+def test_config_errors_name_key_and_allowed_values(override, named, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    msg = str(err.value)
+    assert named in msg
+    for a in allowed:
+        assert a in msg, (a, msg)
+
+
+def test_config_inconsistent_methods():
+    with pytest.raises(ConfigError, match="subtask_cond"):
+        load_config(["alg=aqmix", "subtask_cond=mask"])
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(["batch_size=64", "buffer_size=32"])
+
+
+def test_cli_config_error_exits_nonzero():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "alma_jax.train", "alg=nope"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode != 0
+    assert "config error" in r.stderr and "alg" in r.stderr and "aqmix" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- evaluation
+def test_evaluate_cli_writes_metrics_and_gif(runs, tmp_path, capsys):
+    from PIL import Image
+
+    from alma_jax import evaluate
+
+    cfg, out, _ = runs("heuristic")
+    gif = tmp_path / "eval.gif"
+    summary = evaluate.main([f"out_dir={cfg.out_dir}", "episodes=4", f"gif={gif}",
+                             "gif_episodes=1", "cell=12"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["mean"].keys() == summary["mean"].keys()
+    assert printed["t_env"] == np.asarray(out["state"].t_env).tolist()
+    assert printed["episodes_per_seed"] == 4
+    for key in ("eval/solved_mean", "eval/return_mean", "eval/ep_length_mean"):
+        assert len(printed["per_seed"][key]) == cfg.num_seeds
+        assert np.isfinite(printed["mean"][key])
+    assert gif.exists() and printed["gif_frames"] > 1
+    with Image.open(gif) as im:
+        assert im.n_frames > 1
+    with pytest.raises(SystemExit, match="config error"):
+        evaluate.main([f"out_dir={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit, match="config error"):
+        evaluate.main([f"out_dir={cfg.out_dir}", "nope=1"])
