@@ -40,7 +40,6 @@ VARIANTS = ("full", "no_terminal", "no_reset", "fixed_actions", "no_obs")
 
 def make_run(env, kind: str, n: int, steps: int):
     step = jax.vmap(env.step_env if kind == "no_reset" else env.step)
-    policy = jax.vmap(uniform_valid)
 
     def run(key):
         obs, state = jax.vmap(env.reset)(jax.random.split(key, n))
@@ -51,7 +50,7 @@ def make_run(env, kind: str, n: int, steps: int):
             if kind == "fixed_actions":
                 actions = jnp.zeros((n, env.n_agents), jnp.int32)
             else:
-                actions = policy(jax.random.split(ka, n), obs)
+                actions = uniform_valid(ka, obs)
             obs, state, reward, done, info = step(jax.random.split(ks, n), state, actions)
             acc = acc + jnp.sum(reward) + jnp.sum(state.health)
             if kind != "no_obs":

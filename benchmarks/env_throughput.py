@@ -39,7 +39,6 @@ def obs_checksum(obs) -> jax.Array:
 
 def make_runner(env, num_envs: int, num_steps: int, terminal_obs: bool):
     step = jax.vmap(env.step)
-    policy = jax.vmap(uniform_valid)
 
     def run(key):
         key, k0 = jax.random.split(key)
@@ -48,7 +47,7 @@ def make_runner(env, num_envs: int, num_steps: int, terminal_obs: bool):
         def body(carry, _):
             key, obs, state, acc = carry
             key, ka, ks = jax.random.split(key, 3)
-            actions = policy(jax.random.split(ka, num_envs), obs)
+            actions = uniform_valid(ka, obs)  # batched: one key for all environments
             obs, state, reward, done, info = step(jax.random.split(ks, num_envs), state, actions)
             acc = acc + obs_checksum(obs) + jnp.sum(reward) + jnp.sum(done)
             if terminal_obs:

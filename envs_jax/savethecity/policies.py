@@ -1,9 +1,10 @@
-"""Reference random policies of SaveTheCity (spec section 12), jittable, for ONE environment.
+"""Reference random policies of SaveTheCity (spec section 12), jittable.
 
 Both take `(key, obs)` where `obs` is an `Observation` (or anything with `avail_actions`
-[A, n_actions] and, optionally, `entity_mask` [E]) and return int32 actions [A]; batch
-them with `jax.vmap`. Padded agent slots (entity_mask True, or a row whose only
-available action is "stay") always get action 0.
+[..., A, n_actions] and, optionally, `entity_mask` [..., E]) and return int32 actions
+[..., A]. They accept any leading batch dimensions directly (one key for the whole batch is
+cheaper than a key per environment) and also work under `jax.vmap`. Padded agent slots
+(entity_mask True) always get action 0.
 
 * `uniform_valid` (policy U): uniform over the available actions.
 * `interaction_first` (policy I): if any of the interaction actions 9..11 (extinguish,
@@ -21,11 +22,12 @@ from envs_jax.rng import hash_uniforms
 from envs_jax.savethecity.env import EXTINGUISH, N_ACTIONS
 
 
-def _padded(obs, n_agents: int) -> jax.Array:
+def _padded(obs, allowed: jax.Array) -> jax.Array:
+    """[..., A] bool: padded agent slots (any leading batch dims)."""
     mask = getattr(obs, "entity_mask", None)
     if mask is None:
-        return jnp.zeros((n_agents,), bool)
-    return jnp.asarray(mask[:n_agents], bool)
+        return jnp.zeros(allowed.shape[:-1], bool)
+    return jnp.asarray(mask[..., : allowed.shape[-2]], bool)
 
 
 def _uniform_among(key: jax.Array, allowed: jax.Array) -> jax.Array:
@@ -53,7 +55,7 @@ def uniform_valid(key: jax.Array, obs) -> jax.Array:
     """Policy U: uniform over available actions; padded slots 0. Returns int32 [A]."""
     allowed = _avail(obs)
     actions = _uniform_among(key, allowed)
-    return jnp.where(_padded(obs, allowed.shape[0]), 0, actions).astype(jnp.int32)
+    return jnp.where(_padded(obs, allowed), 0, actions).astype(jnp.int32)
 
 
 def interaction_first(key: jax.Array, obs) -> jax.Array:
@@ -63,7 +65,7 @@ def interaction_first(key: jax.Array, obs) -> jax.Array:
     inter = allowed & is_interaction[None]
     has_inter = jnp.any(inter, -1, keepdims=True)
     actions = _uniform_among(key, jnp.where(has_inter, inter, allowed))
-    return jnp.where(_padded(obs, allowed.shape[0]), 0, actions).astype(jnp.int32)
+    return jnp.where(_padded(obs, allowed), 0, actions).astype(jnp.int32)
 
 
 POLICIES = {"uniform": uniform_valid, "interaction_first": interaction_first}
