@@ -65,6 +65,7 @@ class Config:
     resume: bool = False
     tensorboard: bool = False
     progress: bool = True
+    max_wall_seconds: int = 0  # stop (with a checkpoint) after this long; 0 = no limit
 
 
 ALLOWED: dict[str, tuple] = {
@@ -118,6 +119,9 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if cfg.max_wall_seconds < 0:
+        raise ConfigError(
+            f"max_wall_seconds must be >= 0 (0 = no limit), got {cfg.max_wall_seconds}")
     for name in ("gamma", "epsilon_start", "epsilon_finish"):
         v = getattr(cfg, name)
         if not 0.0 <= float(v) <= 1.0:

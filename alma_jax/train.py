@@ -116,6 +116,7 @@ def run(cfg: Config) -> dict[str, Any]:
         bar.update(int(np.min(state.t_env)))
     latest: dict[str, float] = {}
     t0, steps0, compiling = time.perf_counter(), int(np.min(state.t_env)), True
+    wall0 = t0
     while True:
         t_env = int(np.min(state.t_env))  # seeds advance at slightly different rates
         if t_env >= host["next_test"]:
@@ -125,6 +126,9 @@ def run(cfg: Config) -> dict[str, Any]:
             latest = {k: v for k, v in ev.items() if k in ("eval/solved_mean", "eval/return_mean")}
             host["next_test"] = (t_env // cfg.test_interval + 1) * cfg.test_interval
         if t_env >= cfg.total_env_steps:
+            break
+        if cfg.max_wall_seconds and time.perf_counter() - wall0 > cfg.max_wall_seconds:
+            print(f"max_wall_seconds={cfg.max_wall_seconds} reached at t_env={t_env}", flush=True)
             break
         if t_env >= host["next_checkpoint"]:
             save_checkpoint(ckpt_dir, state, host)

@@ -1,0 +1,76 @@
+"""Learning check: train, then plot greedy test solved rate (per seed) against env steps.
+
+    python benchmarks/learning_curve.py --minutes 30 --out benchmarks/results/heuristic_cpu \
+        alg=heuristic num_seeds=2 [key=value ...]
+
+Runs `alma_jax.train` with the given overrides and a wall-clock budget (`max_wall_seconds`),
+then reads `metrics.jsonl` and writes `curve.png` and `curve.json` (eval solved rate and
+return per seed over env steps) into `--out`. The random policy solves 0% of episodes
+(spec savethecity.md 12: policy U, 6000 episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info  # noqa: E402
+
+from alma_jax.config import load_config  # noqa: E402
+from alma_jax.train import run  # noqa: E402
+
+
+def read_curve(metrics: Path, key: str) -> tuple[list[int], np.ndarray]:
+    ts, vals = [], []
+    for line in metrics.read_text().splitlines():
+        rec = json.loads(line)
+        if key in rec["per_seed"]:
+            ts.append(rec["t_env"])
+            vals.append(rec["per_seed"][key])
+    return ts, np.array(vals)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--out", default="benchmarks/results/learning")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    out = Path(args.out)
+    cfg = load_config([*args.overrides, f"out_dir={out}",
+                       f"max_wall_seconds={int(args.minutes * 60)}", "progress=false"])
+    run(cfg)
+    ts, solved = read_curve(out / "metrics.jsonl", "eval/solved_mean")
+    _, ret = read_curve(out / "metrics.jsonl", "eval/return_mean")
+    result = {"benchmark": "learning_curve", "alg": cfg.alg, "overrides": args.overrides,
+              "minutes": args.minutes, "machine": machine_info(), "t_env": ts,
+              "eval_solved_per_seed": solved.tolist(), "eval_return_per_seed": ret.tolist()}
+    (out / "curve.json").write_text(json.dumps(result, indent=1))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for s in range(solved.shape[1]):
+        axes[0].plot(ts, solved[:, s], marker="o", ms=3, label=f"seed {cfg.seed + s}")
+        axes[1].plot(ts, ret[:, s], marker="o", ms=3, label=f"seed {cfg.seed + s}")
+    axes[0].axhline(0.0, color="grey", ls="--", lw=1, label="random policy (0%)")
+    axes[0].set(xlabel="env steps", ylabel="test solved rate", title=f"{cfg.alg}: solved")
+    axes[1].set(xlabel="env steps", ylabel="test return", title=f"{cfg.alg}: return")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=110)
+    print(json.dumps({k: result[k] for k in ("alg", "t_env", "eval_solved_per_seed")}))
+
+
+if __name__ == "__main__":
+    main()
