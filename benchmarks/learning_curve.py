@@ -35,21 +35,15 @@ def read_curve(metrics: Path, key: str) -> tuple[list[int], np.ndarray]:
     return ts, np.array(vals)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--out", default="benchmarks/results/learning")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    out = Path(args.out)
-    cfg = load_config([*args.overrides, f"out_dir={out}",
-                       f"max_wall_seconds={int(args.minutes * 60)}", "progress=false"])
-    run(cfg)
+def plot(out: Path, alg: str, seed0: int, extra: dict) -> dict:
+    """Write curve.json and curve.png from `<out>/metrics.jsonl`."""
     ts, solved = read_curve(out / "metrics.jsonl", "eval/solved_mean")
     _, ret = read_curve(out / "metrics.jsonl", "eval/return_mean")
-    result = {"benchmark": "learning_curve", "alg": cfg.alg, "overrides": args.overrides,
-              "minutes": args.minutes, "machine": machine_info(), "t_env": ts,
-              "eval_solved_per_seed": solved.tolist(), "eval_return_per_seed": ret.tolist()}
+    _, prop = read_curve(out / "metrics.jsonl", "eval/prop_buildings_completed_mean")
+    result = {"benchmark": "learning_curve", "alg": alg, **extra, "machine": machine_info(),
+              "t_env": ts, "eval_solved_per_seed": solved.tolist(),
+              "eval_return_per_seed": ret.tolist(),
+              "eval_prop_buildings_completed_per_seed": prop.tolist()}
     (out / "curve.json").write_text(json.dumps(result, indent=1))
 
     import matplotlib
@@ -57,18 +51,43 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for s in range(solved.shape[1]):
-        axes[0].plot(ts, solved[:, s], marker="o", ms=3, label=f"seed {cfg.seed + s}")
-        axes[1].plot(ts, ret[:, s], marker="o", ms=3, label=f"seed {cfg.seed + s}")
-    axes[0].axhline(0.0, color="grey", ls="--", lw=1, label="random policy (0%)")
-    axes[0].set(xlabel="env steps", ylabel="test solved rate", title=f"{cfg.alg}: solved")
-    axes[1].set(xlabel="env steps", ylabel="test return", title=f"{cfg.alg}: return")
-    for ax in axes:
+    panels = [(solved, "test solved rate", "solved"), (prop, "buildings completed (fraction)",
+                                                         "buildings completed"),
+              (ret, "test return", "return")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (vals, ylabel, title) in zip(axes, panels):
+        for s in range(vals.shape[1]):
+            ax.plot(ts, vals[:, s], marker="o", ms=3, label=f"seed {seed0 + s}")
+        ax.set(xlabel="env steps", ylabel=ylabel, title=f"{alg}: {title}")
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e3:.0f}k")
         ax.grid(alpha=0.3)
+    axes[0].axhline(0.0, color="grey", ls="--", lw=1, label="random policy (0%)")
+    axes[1].axhline(0.0089, color="grey", ls="--", lw=1, label="random policy (0.9%)")
+    axes[2].axhline(-43.35, color="grey", ls="--", lw=1, label="random policy (-43.4)")
+    for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "curve.png", dpi=110)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--out", default="benchmarks/results/learning")
+    ap.add_argument("--plot-only", action="store_true", help="re-plot an existing run in --out")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.plot_only:
+        saved = json.loads((out / "config.json").read_text())
+        cfg_alg, seed0 = saved["alg"], saved["seed"]
+    else:
+        cfg = load_config([*args.overrides, f"out_dir={out}",
+                           f"max_wall_seconds={int(args.minutes * 60)}", "progress=false"])
+        run(cfg)
+        cfg_alg, seed0 = cfg.alg, cfg.seed
+    result = plot(out, cfg_alg, seed0, {"overrides": args.overrides, "minutes": args.minutes})
     print(json.dumps({k: result[k] for k in ("alg", "t_env", "eval_solved_per_seed")}))
 
 
