@@ -29,6 +29,7 @@ import numpy as np
 
 from alma_jax.checkpoint import load_partial
 from alma_jax.config import ConfigError, from_dict
+from alma_jax.rollout import is_decision_row
 from alma_jax.trainer import TrainFns, make_train
 
 DEFAULTS: dict[str, Any] = {
@@ -81,7 +82,7 @@ def play_episodes(fns: TrainFns, cfg, params: Any, key: jax.Array, n_episodes: i
         rec: dict[str, list] = {"states": [], "allocations": [], "actions": [], "rewards": [None]}
         for t in range(env.episode_limit):
             key, k_act, k_env = jax.random.split(key, 3)
-            decide = t == 0 or timer >= cfg.action_length or changed
+            decide = bool(is_decision_row(t, timer, changed, cfg.action_length))
             held, actions = act_one(params, k_act, obs, held, decide, last_action, eps)
             rec["states"].append(jax.device_get(state))
             rec["allocations"].append(np.asarray(held) if allocates else None)

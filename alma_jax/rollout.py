@@ -46,6 +46,11 @@ def _select(mask: jax.Array, a: Any, b: Any) -> Any:
     return jax.tree.map(pick, a, b)
 
 
+def is_decision_row(t, timer, tasks_changed, action_length: int):
+    """Spec 3.7: row 0, then after `action_length` steps or when a subtask finished."""
+    return (t == 0) | (timer >= action_length) | tasks_changed
+
+
 def with_allocation(obs: Observation, alloc: jax.Array) -> Observation:
     """Write an allocation [.., NA, NT] into the agent rows of entity2task_mask (spec 1.3)."""
     n_agents = alloc.shape[-2]
@@ -98,8 +103,8 @@ def make_rollout(
                 alloc = carry["held"]
                 obs_row = obs
             else:
-                decision = running & ((t == 0) | (carry["timer"] >= action_length)
-                                      | carry["changed"])
+                decision = running & is_decision_row(t, carry["timer"], carry["changed"],
+                                                     action_length)
                 fresh = decide(alloc_params, jax.random.split(k_alloc, E), obs, carry["held"])
                 alloc = _select(decision, fresh, carry["held"])
                 obs_row = with_allocation(obs, alloc)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nn_helpers import fast_init
 
 from alma_jax.nn import (
     AttentionHyperNet,
@@ -66,21 +67,6 @@ def make_case(seed: int) -> Case:
         e2t[e, k] = False
     e2t[:NA] = rng.random((NA, NT)) < 0.5  # the env's agent rows must be ignored
     return Case(entities, last_action, obs_mask, entity_mask, e2t, alloc)
-
-
-def fast_init(module, *args, seed: int = 0):
-    """Parameters drawn by numpy in PyTorch-like ranges (U(±1/sqrt(rows)) for matrices).
-
-    jax's RNG-based `init` costs seconds of CPU compile per module; shapes are all we need.
-    """
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def draw(s):
-        bound = 1 / np.sqrt(s.shape[0]) if len(s.shape) == 2 else 0.3
-        return jnp.asarray(rng.uniform(-bound, bound, s.shape), s.dtype)
-
-    return jax.tree.map(draw, shapes)
 
 
 def agent_module(mode):
