@@ -46,6 +46,7 @@ __all__ = [
     "row_shapes",
     "sample_windows",
     "storage_dtypes",
+    "episodes_as_window",
     "stored_alloc",
     "strata_bounds",
     "stratified_starts",
@@ -180,6 +181,18 @@ def storage_dtypes(n_agents: int, n_tasks: int, n_actions: int) -> dict[str, np.
 
 
 _WIDE = {np.dtype(np.bool_): np.dtype(np.bool_), np.dtype(np.float32): np.dtype(np.float32)}
+
+
+def episodes_as_window(episodes: EpisodeBatch, t_added: jax.Array | int) -> Window:
+    """Fresh rollout episodes [E, L] as a Window of whole episodes (on-policy learners)."""
+    E, L = episodes.filled.shape
+    rows = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None], (E, L))
+    return Window(
+        **{k: getattr(decode_rows(episodes), k) for k in ROW_FIELDS},
+        t_added=jnp.full((E, L), t_added, jnp.int32),
+        slot=jnp.broadcast_to(jnp.arange(E, dtype=jnp.int32)[:, None], (E, L)),
+        row=rows,
+    )
 
 
 def decode_rows(ep: EpisodeBatch) -> EpisodeBatch:

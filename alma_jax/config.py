@@ -31,8 +31,16 @@ class Config:
     env_args: dict = field(default_factory=dict)  # forwarded to envs_jax.make
     # method (set by configs/alg/*.yaml)
     subtask_cond: str | None = None  # None | 'mask' | 'full_obs'
-    allocation: str | None = None  # None | 'heuristic' | 'random'
+    allocation: str | None = None  # None | 'heuristic' | 'random' | 'aql'
+    low_learner: str = "qmix"  # 'qmix' (A-QMIX value learner) | 'lica' (actor-critic)
     action_length: int = 5
+    # learned allocation (AQL, alma.md 3); schedules anneal over fractions of total_env_steps
+    alloc_eps_anneal_frac: float = 0.05
+    prop_alloc_eps_finish: float = 0.05
+    prop_alloc_eps_anneal_frac: float = 0.2
+    alloc_target_update_interval: int = 50  # episodes
+    aql: dict = field(default_factory=dict)  # extra AQLConfig fields, e.g. n_proposals, decay_old
+    lica: dict = field(default_factory=dict)  # LicaConfig fields (lica.md 9), set by alg yaml
     # budget and schedule
     seed: int = 0
     num_seeds: int = 1
@@ -72,12 +80,14 @@ ALLOWED: dict[str, tuple] = {
     "env": ENVS,
     "alg": ALGS,
     "subtask_cond": (None, "mask", "full_obs"),
-    "allocation": (None, "heuristic", "random"),
+    "allocation": (None, "heuristic", "random", "aql"),
+    "low_learner": ("qmix", "lica"),
 }
 POSITIVE = {
     "num_seeds", "num_envs", "total_env_steps", "updates_per_rollout", "batch_size",
     "max_traj_len", "buffer_size", "target_update_interval", "action_length", "test_interval",
     "test_episodes", "log_interval", "rollouts_per_chunk", "checkpoint_interval", "embed_dim",
+    "alloc_target_update_interval",
     "n_heads", "hidden_dim", "mix_dim", "hyper_dim",
 }
 
@@ -122,7 +132,8 @@ def validate(cfg: Config) -> Config:
     if cfg.max_wall_seconds < 0:
         raise ConfigError(
             f"max_wall_seconds must be >= 0 (0 = no limit), got {cfg.max_wall_seconds}")
-    for name in ("gamma", "epsilon_start", "epsilon_finish"):
+    for name in ("gamma", "epsilon_start", "epsilon_finish", "alloc_eps_anneal_frac",
+                 "prop_alloc_eps_finish", "prop_alloc_eps_anneal_frac"):
         v = getattr(cfg, name)
         if not 0.0 <= float(v) <= 1.0:
             raise ConfigError(f"{name} must lie in [0, 1], got {v!r}")

@@ -58,7 +58,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     return opts
 
 
-def play_episodes(fns: TrainFns, cfg, params: Any, key: jax.Array, n_episodes: int,
+def play_episodes(fns: TrainFns, cfg, policy: Any, key: jax.Array, n_episodes: int,
                   eps: float = 0.0) -> list[dict[str, Any]]:
     """Host loop over ONE environment recording every state (for rendering).
 
@@ -79,11 +79,13 @@ def play_episodes(fns: TrainFns, cfg, params: Any, key: jax.Array, n_episodes: i
         held = jnp.zeros((env.n_agents, env.n_tasks), bool)
         last_action = jnp.full((env.n_agents,), -1, jnp.int32)
         timer, changed = 0, False
+        carry = fns.init_carry_one()
         rec: dict[str, list] = {"states": [], "allocations": [], "actions": [], "rewards": [None]}
         for t in range(env.episode_limit):
             key, k_act, k_env = jax.random.split(key, 3)
             decide = bool(is_decision_row(t, timer, changed, cfg.action_length))
-            held, actions = act_one(params, k_act, obs, held, decide, last_action, eps)
+            held, actions, carry = act_one(policy, k_act, obs, held, decide, last_action, eps,
+                                           carry)
             rec["states"].append(jax.device_get(state))
             rec["allocations"].append(np.asarray(held) if allocates else None)
             rec["actions"].append(np.asarray(actions))
@@ -133,10 +135,11 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
     fns = make_train(cfg)
     run_seeds = jnp.arange(cfg.seed, cfg.seed + cfg.num_seeds)
     abstract = jax.eval_shape(jax.vmap(fns.init), jax.vmap(jax.random.PRNGKey)(run_seeds))
-    saved = load_partial(ckpt, {"low": abstract.low, "t_env": abstract.t_env})
-    params = saved["low"].params
+    saved = load_partial(ckpt, {"low": abstract.low, "high": abstract.high,
+                                "t_env": abstract.t_env})
+    policy = jax.vmap(fns.eval_policy)(saved["low"], saved["high"])
     keys = jax.random.split(jax.random.PRNGKey(seed), cfg.num_seeds)
-    metrics = jax.device_get(jax.jit(jax.vmap(fns.evaluate_params))(params, keys))
+    metrics = jax.device_get(jax.jit(jax.vmap(fns.evaluate_policy))(policy, keys))
     per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in sorted(metrics.items())}
     summary: dict[str, Any] = {
         "out_dir": str(out_dir), "alg": cfg.alg, "t_env": np.asarray(saved["t_env"]).tolist(),
@@ -147,7 +150,7 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
     }
     gif_path = out_dir / "eval.gif" if gif is None else Path(gif)
     if gif is None or gif.lower() != "none":
-        first = jax.tree.map(lambda x: x[0], params)
+        first = jax.tree.map(lambda x: x[0], policy)
         played = play_episodes(fns, cfg, first, jax.random.PRNGKey(seed), gif_episodes)
         title = f"{cfg.alg} | seed {cfg.seed} | t_env {int(summary['t_env'][0])}"
         summary["gif"] = str(gif_path)

@@ -19,7 +19,8 @@ from flax import struct
 from alma_jax.buffer import ROW_FIELDS, EpisodeBatch, alloc_to_index, pad_value
 from envs_jax.core import Environment, Observation
 
-# act_fn(params, key, obs [E], last_action [E, NA] (-1 none), alloc [E, NA, NT], eps) -> [E, NA]
+# act_fn(params, key, obs [E], last_action [E, NA] (-1 none), alloc [E, NA, NT], eps) -> [E, NA];
+# a recurrent learner (given `init_carry`) takes its carry last and returns (actions, carry).
 ActFn = Callable[[Any, jax.Array, Observation, jax.Array, jax.Array, jax.Array], jax.Array]
 # alloc_fn(params, key, obs, prev_alloc [NA, NT]) -> [NA, NT] bool, for ONE environment
 AllocFn = Callable[[Any, jax.Array, Observation, jax.Array], jax.Array]
@@ -64,15 +65,17 @@ def make_rollout(
     act_fn: ActFn,
     alloc_fn: AllocFn | None,
     action_length: int,
+    init_carry: Callable[[int], Any] | None = None,
 ) -> Callable[..., tuple[EpisodeBatch, EpisodeStats, jax.Array]]:
     """Build `rollout(params, alloc_params, key, eps) -> (episodes [E, L], stats, env_steps)`.
 
     `alloc_fn=None` is a flat method: no allocation is written, no decisions are taken.
+    `init_carry(E)` (recurrent agents) gives the acting carry at every episode start.
     """
     L = env.episode_limit + 1
     NA, NT = env.n_agents, env.n_tasks
-    step = jax.vmap(env.step_env)
-    reset = jax.vmap(env.reset)
+    step = env.step_batch
+    reset = env.reset_batch
     decide = None if alloc_fn is None else jax.vmap(alloc_fn, in_axes=(None, 0, 0, 0))
 
     def rollout(params, alloc_params, key, eps):
@@ -90,6 +93,7 @@ def make_rollout(
             ret=jnp.zeros((E,)),
             length=jnp.zeros((E,), jnp.int32),
             info=None,
+            act=None if init_carry is None else init_carry(n_envs),
         )
 
         def row(carry, inp):
@@ -108,7 +112,12 @@ def make_rollout(
                 fresh = decide(alloc_params, jax.random.split(k_alloc, E), obs, carry["held"])
                 alloc = _select(decision, fresh, carry["held"])
                 obs_row = with_allocation(obs, alloc)
-            actions = act_fn(params, k_act, obs_row, carry["last_action"], alloc, eps)
+            if init_carry is None:
+                actions, act_carry = act_fn(params, k_act, obs_row, carry["last_action"], alloc,
+                                            eps), None
+            else:
+                actions, act_carry = act_fn(params, k_act, obs_row, carry["last_action"], alloc,
+                                            eps, carry["act"])
             actions = jnp.where(running[:, None], actions, 0).astype(jnp.int32)
             obs2, state2, reward, done, info = step(
                 jax.random.split(k_env, E), carry["state"], actions
@@ -155,6 +164,7 @@ def make_rollout(
                 ret=carry["ret"] + reward,
                 length=carry["length"] + running,
                 info=end_info,
+                act=act_carry,
             )
             return new, record
 

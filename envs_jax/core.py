@@ -64,6 +64,21 @@ class Environment:
         """One transition without auto-reset: (obs, state, reward, done, info)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ batched interface
+    # The trainer only ever calls these two. A pure-JAX env inherits the vmapped defaults; a
+    # host-side env behind a callback (envs_jax.bridge) overrides them with one batched call.
+    def reset_batch(self, keys: jax.Array) -> tuple[Observation, Any]:
+        """Reset E environments: keys [E, 2] -> (obs [E, ...], state [E, ...])."""
+        return jax.vmap(self.reset)(keys)
+
+    def step_batch(self, keys: jax.Array, state: Any, actions: jax.Array):
+        """Step E environments without auto-reset: (obs, state, reward [E], done [E], info).
+
+        Callers keep stepping an environment after its `done` (with arbitrary actions) and
+        discard the results, so an implementation must tolerate that.
+        """
+        return jax.vmap(self.step_env)(keys, state, actions)
+
     def step(self, key: jax.Array, state: Any, actions: jax.Array):
         """One transition; on `done` the returned obs/state belong to a fresh episode."""
         key_step, key_reset = jax.random.split(key)

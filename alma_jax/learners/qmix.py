@@ -195,7 +195,7 @@ class QMixLearner:
         n = jnp.maximum(jnp.sum(m), 1.0)
         metrics = {
             "losses/q_loss": loss,
-            "train_metrics/q_grad_norm": optax.global_norm(grads),
+            "train_metrics/q_grad_norm": optax.tree.norm(grads),
             "train_metrics/td_error_abs": jnp.sum(jnp.abs(err)) / n,
             "train_metrics/q_taken_mean": jnp.sum(qtot * m) / n,
             "train_metrics/target_mean": jnp.sum(y * m) / n,
