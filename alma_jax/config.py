@@ -13,8 +13,13 @@ from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-ALGS = ("aqmix", "heuristic", "random_alloc")
-ENVS = ("savethecity",)
+ALGS = ("aqmix", "heuristic", "random_alloc", "alma", "alma_nomask", "refil", "copa", "lica",
+        "alma_lica")
+ENVS = ("savethecity", "traffic_junction", "host_savethecity", "host_traffic_junction", "smac",
+        "sc2multiarmy")
+
+
+HEURISTIC_ENVS = ("savethecity", "host_savethecity")  # envs with a spec heuristic allocation
 
 
 class ConfigError(ValueError):
@@ -41,6 +46,8 @@ class Config:
     alloc_target_update_interval: int = 50  # episodes
     aql: dict = field(default_factory=dict)  # extra AQLConfig fields, e.g. n_proposals, decay_old
     lica: dict = field(default_factory=dict)  # LicaConfig fields (lica.md 9), set by alg yaml
+    refil: dict = field(default_factory=dict)  # QMixConfig REFIL fields (alma.md 2.8)
+    copa: dict = field(default_factory=dict)  # QMixConfig COPA fields (alma.md 5.4)
     # budget and schedule
     seed: int = 0
     num_seeds: int = 1
@@ -118,6 +125,29 @@ def _check_env(cfg: Config) -> None:
         raise ConfigError(f"env_args={cfg.env_args!r}: {e}") from None
 
 
+def _check_learner_options(cfg: Config) -> None:
+    """The dict-valued method options name fields of their learner's config dataclass."""
+    from dataclasses import fields as dc_fields
+
+    from alma_jax.learners.aql import AQLConfig
+    from alma_jax.learners.qmix import QMixConfig
+
+    groups = {"aql": AQLConfig, "refil": QMixConfig, "copa": QMixConfig}
+    if cfg.low_learner == "lica":
+        from alma_jax.learners.lica import LicaConfig
+
+        groups["lica"] = LicaConfig
+        if cfg.subtask_cond == "full_obs":
+            raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
+                              "not 'full_obs'")
+    fixed = {"n_agents", "n_actions", "n_tasks", "entity_dim", "subtask_cond"}
+    for name, klass in groups.items():
+        allowed = sorted({f.name for f in dc_fields(klass)} - fixed)
+        bad = sorted(set(getattr(cfg, name)) - set(allowed))
+        if bad:
+            raise ConfigError(f"{name}: unknown option(s) {bad}; allowed: {allowed}")
+
+
 def validate(cfg: Config) -> Config:
     """Raise ConfigError naming the first bad key and its allowed values; return cfg."""
     for name, allowed in ALLOWED.items():
@@ -144,6 +174,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"embed_dim and hyper_dim must be divisible by n_heads={cfg.n_heads}")
     if cfg.batch_size > cfg.buffer_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds buffer_size={cfg.buffer_size}")
+    _check_learner_options(cfg)
+    if cfg.allocation == "heuristic" and cfg.env not in HEURISTIC_ENVS:
+        raise ConfigError(f"allocation='heuristic' (alg={cfg.alg}) needs an env with a heuristic "
+                          f"allocator: env one of {list(HEURISTIC_ENVS)}, got env={cfg.env!r}")
     _check_env(cfg)
     return cfg
 
@@ -168,7 +202,10 @@ def load_config(overrides: list[str] | None = None) -> Config:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    overrides = list(overrides or [])
+    # `env.<key>=v` is shorthand for `env_args.<key>=v` (e.g. env=smac env.map_name=3m)
+    overrides = [("env_args." + o[4:]) if o.startswith("env.") else
+                 ("+env_args." + o[5:]) if o.startswith("+env.") else o
+                 for o in (overrides or [])]
     for group, allowed in (("env", ENVS), ("alg", ALGS)):
         for o in overrides:
             if o.startswith(f"{group}=") and o.split("=", 1)[1] not in allowed:

@@ -20,7 +20,8 @@ from alma_jax.buffer import ROW_FIELDS, EpisodeBatch, alloc_to_index, pad_value
 from envs_jax.core import Environment, Observation
 
 # act_fn(params, key, obs [E], last_action [E, NA] (-1 none), alloc [E, NA, NT], eps) -> [E, NA];
-# a recurrent learner (given `init_carry`) takes its carry last and returns (actions, carry).
+# a stateful learner (given `init_carry`) also takes (carry, decision [E] bool) and returns
+# (actions, carry): GRU agents (LICA) keep a hidden state, COPA's coach redraws at decisions.
 ActFn = Callable[[Any, jax.Array, Observation, jax.Array, jax.Array, jax.Array], jax.Array]
 # alloc_fn(params, key, obs, prev_alloc [NA, NT]) -> [NA, NT] bool, for ONE environment
 AllocFn = Callable[[Any, jax.Array, Observation, jax.Array], jax.Array]
@@ -102,13 +103,16 @@ def make_rollout(
             running = carry["status"] == RUNNING
             filled = carry["status"] <= FINAL_ROW
             obs = carry["obs"]
-            if decide is None:
+            # Decision rows also pace stateful acting (COPA's coach) in flat methods.
+            if decide is None and init_carry is None:
                 decision = jnp.zeros((E,), bool)
-                alloc = carry["held"]
-                obs_row = obs
             else:
                 decision = running & is_decision_row(t, carry["timer"], carry["changed"],
                                                      action_length)
+            if decide is None:
+                alloc = carry["held"]
+                obs_row = obs
+            else:
                 fresh = decide(alloc_params, jax.random.split(k_alloc, E), obs, carry["held"])
                 alloc = _select(decision, fresh, carry["held"])
                 obs_row = with_allocation(obs, alloc)
@@ -117,7 +121,7 @@ def make_rollout(
                                             eps), None
             else:
                 actions, act_carry = act_fn(params, k_act, obs_row, carry["last_action"], alloc,
-                                            eps, carry["act"])
+                                            eps, carry["act"], decision)
             actions = jnp.where(running[:, None], actions, 0).astype(jnp.int32)
             obs2, state2, reward, done, info = step(
                 jax.random.split(k_env, E), carry["state"], actions

@@ -88,7 +88,7 @@ def make_low_learner(cfg: Config, env) -> Any:
         n_agents=env.n_agents, n_actions=env.n_actions, n_tasks=env.n_tasks,
         subtask_cond=cfg.subtask_cond, gamma=cfg.gamma, lr=cfg.lr, grad_clip=cfg.grad_clip,
         embed_dim=cfg.embed_dim, n_heads=cfg.n_heads, hidden_dim=cfg.hidden_dim,
-        mix_dim=cfg.mix_dim, hyper_dim=cfg.hyper_dim,
+        mix_dim=cfg.mix_dim, hyper_dim=cfg.hyper_dim, **dict(cfg.refil), **dict(cfg.copa),
     ))
 
 
@@ -116,12 +116,16 @@ def make_high_learner(cfg: Config, env) -> Any:
 
 
 def _act_fns(learner):
-    """(act_fn, init_carry) for the rollout: stateless learners get init_carry=None."""
+    """(act_fn, init_carry) for the rollout; stateless learners get init_carry=None.
+
+    Stateful learners implement `init_carry(E)` and
+    `act(params, key, obs, last_action, alloc, eps, carry, decision) -> (actions, carry)`.
+    """
     init_carry = getattr(learner, "init_carry", None)
     if init_carry is None or init_carry(1) is None:
         if init_carry is None:
             return learner.act, None
-        return (lambda *a: learner.act(*a, None)[0]), None
+        return (lambda *a: learner.act(*a, None, None)[0]), None
     return learner.act, init_carry
 
 
@@ -136,6 +140,7 @@ def make_act_one(learner, alloc_fn, init_carry) -> Any:
     act, _ = _act_fns(learner)
 
     def act_one(policy, key, obs, held, decide, last_action, eps, carry):
+        decide = jnp.asarray(decide, bool)
         params, alloc_params = policy
         k_alloc, k_act = jax.random.split(key)
         if alloc_fn is None:
@@ -146,7 +151,9 @@ def make_act_one(learner, alloc_fn, init_carry) -> Any:
         one = jax.tree.map(lambda x: x[None], (obs_row, last_action, alloc))
         if init_carry is None:
             return alloc, act(params, k_act, *one, eps)[0], carry
-        actions, carry = learner.act(params, k_act, *one, eps, carry)
+        carry = jax.tree.map(lambda x: x[None], carry)
+        actions, carry = learner.act(params, k_act, *one, eps, carry, decide[None])
+        carry = jax.tree.map(lambda x: x[0], carry)
         return alloc, actions[0], carry
 
     return act_one
@@ -234,8 +241,9 @@ def make_train(cfg: Config) -> TrainFns:
 
     def low_updates(low, key, buf):
         def one(low, k):
-            w = bf.sample_windows(buf, k, cfg.batch_size, cfg.max_traj_len)
-            return learner.update(low, w)
+            k_w, k_u = jax.random.split(k)
+            w = bf.sample_windows(buf, k_w, cfg.batch_size, cfg.max_traj_len)
+            return learner.update(low, w, k_u)
 
         low, m = jax.lax.scan(one, low, jax.random.split(key, cfg.updates_per_rollout))
         return low, {k: jnp.mean(v) for k, v in m.items()}

@@ -7,7 +7,8 @@ from typing import Any
 
 from envs_jax.core import Environment, Observation
 
-ENVIRONMENTS = ("savethecity",)
+ENVIRONMENTS = ("savethecity", "traffic_junction", "host_savethecity", "host_traffic_junction",
+                "smac", "sc2multiarmy")
 
 
 def _savethecity(**kw: Any) -> Environment:
@@ -40,6 +41,18 @@ def make(name: str, **kwargs: Any) -> Environment:
     """Build an environment by name, e.g. `make("savethecity", scenario="2-5a_2-5b")`."""
     if name == "savethecity":
         return _savethecity(**kwargs)
+    # host-side envs behind the callback bridge (envs_jax.bridge); imported on demand
+    if name in ("host_savethecity", "host_traffic_junction", "smac", "sc2multiarmy"):
+        from envs_jax import bridge
+
+        return {"host_savethecity": bridge.make_host_savethecity,
+                "host_traffic_junction": bridge.make_traffic_junction,
+                "smac": bridge.make_smac_env,
+                "sc2multiarmy": bridge.make_sc2multiarmy_env}[name](**kwargs)
+    if name == "traffic_junction":
+        from envs_jax.traffic_junction import TrafficJunction
+
+        return TrafficJunction(**kwargs)
     raise ValueError(f"unknown environment {name!r}; allowed: {list(ENVIRONMENTS)}")
 
 

@@ -31,6 +31,10 @@ TINY = [
     "target_update_interval=8", "test_interval=400", "test_episodes=4", "log_interval=1",
     "progress=false", "+env_args.episode_limit=30",
 ]
+# The allocation controller at tiny sizes too (fewer proposals, smaller high-level batches).
+TINY_AQL = {"aql.n_proposals": 4, "aql.max_bs": 40}
+TINY_LICA = {"lica.embed_dim": 16, "lica.hyper_dim": 16, "lica.hidden_dim": 8, "lica.mix_dim": 8,
+             "num_envs": 4, "buffer_size": 32, "batch_size": 6}
 TOTAL = 1000  # env steps of the end-to-end runs (about 5 chunks of 2 rollouts)
 CHECKPOINT = 500  # mid-run checkpoint of the resume test
 
@@ -38,6 +42,10 @@ CHECKPOINT = 500  # mid-run checkpoint of the resume test
 def tiny_config(out_dir, alg="heuristic", **kw):
     overrides = [f"alg={alg}", *TINY, f"out_dir={out_dir}", f"total_env_steps={TOTAL}",
                  f"checkpoint_interval={CHECKPOINT}", "num_seeds=1"]
+    if alg.startswith("alma"):
+        kw = {**TINY_AQL, **kw}
+    if alg.endswith("lica"):
+        kw = {**TINY_LICA, **kw}
     overrides += [f"{k}={v}" for k, v in kw.items()]
     return load_config(overrides)
 
@@ -117,6 +125,9 @@ def counted_run(cfg, monkeypatch_ctx=None):
     return out, counter
 
 
+SEEDED = ("heuristic", "alma")  # the methods whose runs also serve resume / seed tests
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Lazily built runs shared by the tests (name -> (cfg, run output, trace counter))."""
@@ -125,8 +136,8 @@ def runs(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            if name == "heuristic":  # two seeds: also run A of the resume test
-                cfg = tiny_config(root / name, "heuristic", num_seeds=2, seed=3)
+            if name in SEEDED:  # two seeds: also run A of the resume test
+                cfg = tiny_config(root / name, name, num_seeds=2, seed=3)
             else:
                 cfg = tiny_config(root / name, name)
             cache[name] = (cfg, *counted_run(cfg))
@@ -136,7 +147,8 @@ def runs(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("alg", ["heuristic", "random_alloc", "aqmix"])
+@pytest.mark.parametrize("alg", ["heuristic", "random_alloc", "aqmix", "alma", "alma_nomask",
+                                 "refil", "copa", "lica", "alma_lica"])
 def test_end_to_end(runs, alg):
     cfg, out, counter = runs(alg)
     state, out_dir = out["state"], Path(cfg.out_dir)
@@ -145,8 +157,11 @@ def test_end_to_end(runs, alg):
     assert t_env.shape == (cfg.num_seeds,) and np.min(t_env) >= cfg.total_env_steps
     episodes = np.asarray(state.episode)
     assert np.all(episodes % (E * R) == 0) and np.all(episodes == episodes[0])
-    # batch_size=6 > num_envs=4: the first rollout only fills the buffer, then U per rollout
-    np.testing.assert_array_equal(np.asarray(state.updates), (episodes // E - 1) * U)
+    on_policy = cfg.low_learner == "lica"
+    if on_policy:  # one actor-critic iteration on every rollout's fresh episodes
+        np.testing.assert_array_equal(np.asarray(state.updates), episodes // E)
+    else:  # batch_size=6 > num_envs=4: the first rollout only fills the buffer, then U each
+        np.testing.assert_array_equal(np.asarray(state.updates), (episodes // E - 1) * U)
     assert int(np.asarray(state.buffer.size)[0]) == min(int(episodes[0]), cfg.buffer_size)
 
     for f in ("metrics.jsonl", "metrics.csv", "config.json", "checkpoint/host.json"):
@@ -163,9 +178,26 @@ def test_end_to_end(runs, alg):
         assert key in evals[-1]["mean"] and len(evals[-1]["per_seed"][key]) == cfg.num_seeds
         assert np.isfinite(evals[-1]["mean"][key])
     assert 0.0 <= evals[-1]["mean"]["eval/solved_mean"] <= 1.0
-    for key in ("losses/q_loss", "train_metrics/q_grad_norm", "train/return_mean",
-                "annealing/epsilon", "train/solved_mean"):
+    low_keys = (("losses/critic_loss", "losses/mix_loss", "train_metrics/entropy")
+                if on_policy else ("losses/q_loss", "train_metrics/q_grad_norm"))
+    for key in (*low_keys, "train/return_mean", "annealing/epsilon", "train/solved_mean"):
         assert key in chunks[-1]["mean"] and np.isfinite(chunks[-1]["mean"][key])
+    if cfg.allocation is not None:  # how the method allocates, logged for every allocator
+        for key in ("train_alloc/agents_per_used_subtask", "train_alloc/agents_switching",
+                    "train_alloc/open_subtasks_without_agents"):
+            assert np.isfinite(chunks[-1]["mean"][key]), key
+        assert chunks[-1]["mean"]["train_alloc/agents_per_used_subtask"] >= 1.0
+        assert "eval_alloc/agents_switching" in evals[-1]["mean"]
+    extra = {"refil": ["losses/im_loss"], "copa": ["losses/copa_vi_loss",
+                                                   "losses/copa_entropy_loss"]}
+    for key in extra.get(alg, []):  # the method's own loss terms are trained and logged
+        assert np.isfinite(chunks[-1]["mean"][key]) and chunks[-1]["mean"][key] != 0, key
+    if cfg.allocation == "aql":  # the high-level learner trained and its schedules moved
+        for key in ("losses/alloc_q_loss", "losses/alloc_amort_loss", "losses/alloc_entropy",
+                    "train_metrics/alloc_q_grad_norm", "alloc_metrics/best_prob"):
+            assert np.isfinite(chunks[-1]["mean"][key]) and chunks[-1]["mean"][key] != 0, key
+        eps = [r["mean"]["annealing/alloc_eps"] for r in chunks]
+        assert eps[0] > eps[-1] >= 0.0
     assert len(chunks) == episodes[0] // (E * R)
     assert chunks[-1]["t_env"] == np.min(t_env)
     # the log accounts for every update and every env step (per seed)
@@ -178,7 +210,7 @@ def test_end_to_end(runs, alg):
         rows = list(csv.reader(f))
     assert rows[0] == ["t_env", "key", "mean"]
     last = {r[1]: float(r[2]) for r in rows[1:] if int(r[0]) == chunks[-1]["t_env"]}
-    np.testing.assert_allclose(last["losses/q_loss"], chunks[-1]["mean"]["losses/q_loss"])
+    np.testing.assert_allclose(last[low_keys[0]], chunks[-1]["mean"][low_keys[0]])
     # compile once: the jitted chunk and evaluate were traced once for all their calls
     assert counter.chunk == 1 and counter.evaluate == 1
 
@@ -188,11 +220,12 @@ class Killed(Exception):
     pass
 
 
-def test_resume_is_bit_exact(runs, tmp_path):
+@pytest.mark.parametrize("alg", SEEDED)
+def test_resume_is_bit_exact(runs, tmp_path, alg):
     """Run A goes straight to TOTAL. Run B is killed right after logging the first chunk
     that follows its mid-run checkpoint, then resumed: final state (parameters, optimiser,
     targets, Pop-Art, replay buffer, keys, counters) and the whole metric log equal A's."""
-    cfg_a, out_a, _ = runs("heuristic")
+    cfg_a, out_a, _ = runs(alg)
     cfg_b = dataclasses.replace(cfg_a, out_dir=str(tmp_path / "b"))
     saved = []
     real_save, real_write = train_mod.save_checkpoint, train_mod.MetricLog.write
@@ -230,7 +263,8 @@ def test_resume_is_bit_exact(runs, tmp_path):
 
 
 # -------------------------------------------------------------------------------- seeds
-def test_vmapped_seeds_equal_separate_runs(runs):
+@pytest.mark.parametrize("alg", SEEDED)
+def test_vmapped_seeds_equal_separate_runs(runs, alg):
     """num_seeds=2 from seed s equals, per seed, a num_seeds=1 run with seed s and s+1.
 
     The single-seed runs use the trainer's functions exactly as `run` jits them (one trace
@@ -240,7 +274,7 @@ def test_vmapped_seeds_equal_separate_runs(runs):
     exactly; float leaves agree to ~1e-8 but not bit for bit (XLA vectorises the batched
     matmuls differently under vmap), hence the float tolerance.
     """
-    cfg, out, _ = runs("heuristic")
+    cfg, out, _ = runs(alg)
     both = out["state"]
     fns = _real_make_train(dataclasses.replace(cfg, num_seeds=1))
     init = jax.jit(jax.vmap(fns.init))
@@ -254,7 +288,9 @@ def test_vmapped_seeds_equal_separate_runs(runs):
 
 # ----------------------------------------------------------------------- config errors
 @pytest.mark.parametrize("override, named, allowed", [
-    ("alg=nope", "alg", ["aqmix", "heuristic", "random_alloc"]),
+    ("alg=nope", "alg", ["aqmix", "heuristic", "random_alloc", "alma", "alma_nomask", "refil",
+                         "copa", "lica", "alma_lica"]),
+    ("+aql.nope=1", "nope", ["n_proposals", "decay_old"]),  # method options are checked too
     ("env=nope", "env", ["savethecity"]),
     ("num_env=4", "num_env", ["num_envs", "batch_size"]),  # unknown key: allowed keys listed
     ("+num_env=4", "num_env", ["num_envs", "batch_size"]),
@@ -295,12 +331,13 @@ def test_cli_config_error_exits_nonzero():
 
 
 # --------------------------------------------------------------------------- evaluation
-def test_evaluate_cli_writes_metrics_and_gif(runs, tmp_path, capsys):
+@pytest.mark.parametrize("alg", SEEDED)
+def test_evaluate_cli_writes_metrics_and_gif(runs, tmp_path, capsys, alg):
     from PIL import Image
 
     from alma_jax import evaluate
 
-    cfg, out, _ = runs("heuristic")
+    cfg, out, _ = runs(alg)
     capsys.readouterr()  # drop what training printed if the run happened inside this test
     gif = tmp_path / "eval.gif"
     summary = evaluate.main([f"out_dir={cfg.out_dir}", "episodes=4", f"gif={gif}",
