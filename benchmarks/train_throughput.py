@@ -1,11 +1,14 @@
 """Training throughput: env steps/s of real runs (collect + store + update) at the paper's ratio.
 
-    python benchmarks/train_throughput.py [--alg heuristic] [--num-envs 8 64 256] [--rollouts 2]
+    python benchmarks/train_throughput.py [--alg heuristic alma ...] [--num-envs 8 64 256]
+        [--rollouts 2]
 
 For each `num_envs` the run keeps the paper's update ratio (one gradient step on 32 windows of
 64 rows per collected episode: `updates_per_rollout = num_envs`) and the paper's network sizes.
 The jitted chunk (`rollouts` rollouts) is compiled ahead of time; compile time is reported
-separately and excluded from steps/s. Prints one JSON document.
+separately and excluded from steps/s. On-policy methods (`lica`, `alma_lica`) make one
+low-level step per rollout whatever `updates_per_rollout` says (their allocation learner, if
+any, keeps the ratio). Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -58,16 +61,17 @@ def measure(alg: str, num_envs: int, rollouts: int, buffer_size: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--alg", default="heuristic")
+    ap.add_argument("--alg", nargs="+", default=["heuristic"])
     ap.add_argument("--num-envs", type=int, nargs="+", default=[8, 64, 256])
     ap.add_argument("--rollouts", type=int, default=2, help="timed rollouts per size")
     ap.add_argument("--buffer-size", type=int, default=5000)
     args = ap.parse_args()
     results = []
-    for n in args.num_envs:
-        res = measure(args.alg, n, args.rollouts, max(args.buffer_size, 2 * n))
-        print(json.dumps(res), file=sys.stderr, flush=True)
-        results.append(res)
+    for alg in args.alg:
+        for n in args.num_envs:
+            res = measure(alg, n, args.rollouts, max(args.buffer_size, 2 * n))
+            print(json.dumps(res), file=sys.stderr, flush=True)
+            results.append(res)
     print(json.dumps({"benchmark": "train_throughput", "env": "savethecity",
                       "scenario": "2-5a_2-5b", "machine": machine_info(), "results": results},
                      indent=1))
