@@ -21,17 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
-
-
-def read_curve(metrics: Path, key: str) -> tuple[list[int], np.ndarray]:
-    """(t_env list, values [n_points, n_seeds]) of one logged key."""
-    ts, vals = [], []
-    for line in metrics.read_text().splitlines():
-        rec = json.loads(line)
-        if key in rec["per_seed"]:
-            ts.append(rec["t_env"])
-            vals.append(rec["per_seed"][key])
-    return ts, np.array(vals, dtype=float)
+from learning_curve import read_curve  # noqa: E402
 
 
 def plot(out: Path, algs: list[str]) -> dict:
