@@ -1,8 +1,9 @@
 """Command line: `python -m alma_jax.train env=savethecity alg=heuristic [key=value ...]`.
 
 The host loop only calls the jitted (and seed-vmapped) chunk, then logs, evaluates and
-checkpoints. Metrics go to `<out_dir>/metrics.jsonl` (one line per record, per-seed values),
-`<out_dir>/metrics.csv` (seed means) and, with `tensorboard=true`, TensorBoard.
+checkpoints. Metrics go to `<out_dir>/metrics.jsonl` (one line per record: per-seed values,
+their mean and the seed quantiles q25 / q75 / iqr), `<out_dir>/metrics.csv` (seed means) and,
+with `tensorboard=true`, TensorBoard. Several visible devices: see `alma_jax.sharding`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +23,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from alma_jax import buffer as bf
+from alma_jax import sharding
 from alma_jax.checkpoint import load_checkpoint, save_checkpoint
 from alma_jax.config import Config, ConfigError, load_config
+from alma_jax.plots import seed_stats
 from alma_jax.trainer import TrainFns, make_train
 
 
 def _to_host(tree: Any) -> Any:
-    return jax.tree.map(lambda x: np.asarray(x), tree)
+    return jax.tree.map(sharding.fetch, tree)
+
+
+def _t_env(state: Any) -> int:
+    return int(np.min(_to_host(state.t_env)))  # seeds advance at slightly different rates
 
 
 class MetricLog:
-    """Appends records to metrics.jsonl (all seeds) and metrics.csv (seed means)."""
+    """Appends records to metrics.jsonl (all seeds, seed mean and IQR) and metrics.csv (means)."""
 
     def __init__(self, out_dir: Path, tensorboard: bool):
         self.jsonl = out_dir / "metrics.jsonl"
@@ -49,8 +57,10 @@ class MetricLog:
         per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in values.items()}
         means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                  for k, v in per_seed.items()}
+        spread = seed_stats(per_seed)  # q25 / q75 / iqr over seeds, for mean + IQR plots
         with open(self.jsonl, "a") as f:
-            f.write(json.dumps({"t_env": t_env, "per_seed": per_seed, "mean": means}) + "\n")
+            f.write(json.dumps({"t_env": t_env, "per_seed": per_seed, "mean": means, **spread})
+                    + "\n")
         new = not self.csv.exists()
         with open(self.csv, "a", newline="") as f:
             w = csv.writer(f)
@@ -77,17 +87,30 @@ class MetricLog:
                 csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if int(r[0]) <= t_env])
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Train with `cfg`; returns the final host-side summary (also used by tests)."""
+def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
+        scheme: str | None = None) -> dict[str, Any]:
+    """Train with `cfg`; returns the final host-side summary (also used by tests).
+
+    `devices` (default: every visible device) and `scheme` ("seeds" / "envs", default chosen
+    from the config) lay the run out over several devices, see `alma_jax.sharding`; a single
+    device (e.g. `jax.devices()[:1]`) runs unsharded on the default device.
+    """
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fns: TrainFns = make_train(cfg)
-    needed = bf.check_buffer_fits(fns.example_episode, cfg.buffer_size, n_copies=cfg.num_seeds)
-    print(f"replay buffer: {cfg.num_seeds} x buffer_size={cfg.buffer_size} episodes = "
-          f"{needed / 2**30:.2f} GiB", flush=True)
-    init = jax.jit(jax.vmap(fns.init))
-    chunk = jax.jit(jax.vmap(fns.chunk), donate_argnums=0)
-    evaluate = jax.jit(jax.vmap(fns.evaluate))
+    plan = sharding.make_plan(cfg, devices, scheme)  # None: one device, nothing sharded
+    if plan is None:
+        fns: TrainFns = make_train(cfg)
+        init = jax.jit(jax.vmap(fns.init))
+        chunk = jax.jit(jax.vmap(fns.chunk), donate_argnums=0)
+        evaluate = jax.jit(jax.vmap(fns.evaluate))
+    else:
+        fns = make_train(cfg, mesh=plan.trainer_mesh)
+        init, chunk, evaluate = plan.jit(fns)
+        print(sharding.describe(plan), flush=True)
+    copies = cfg.num_seeds if plan is None else plan.seeds_per_device(cfg.num_seeds)
+    needed = bf.check_buffer_fits(fns.example_episode, cfg.buffer_size, n_copies=copies)
+    print(f"replay buffer: {copies} x buffer_size={cfg.buffer_size} episodes = "
+          f"{needed / 2**30:.2f} GiB" + ("" if plan is None else " per device"), flush=True)
     seeds = jnp.arange(cfg.seed, cfg.seed + cfg.num_seeds)
     host = {"next_test": 0, "next_checkpoint": cfg.checkpoint_interval, "next_log": 0}
 
@@ -95,8 +118,9 @@ def run(cfg: Config) -> dict[str, Any]:
     state, resumed_at = None, None
     if cfg.resume and ckpt_dir.exists():
         abstract = jax.eval_shape(init, jax.vmap(jax.random.PRNGKey)(seeds))
-        state, host = load_checkpoint(ckpt_dir, abstract)
-        resumed_at = int(np.min(state.t_env))
+        # explicit target shardings: a checkpoint saved on another device count restores too
+        state, host = load_checkpoint(ckpt_dir, sharding.restore_target(abstract, plan))
+        resumed_at = _t_env(state)
         print(f"resumed from {ckpt_dir} at t_env={resumed_at}", flush=True)
     else:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -113,12 +137,12 @@ def run(cfg: Config) -> dict[str, Any]:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.total_env_steps, unit="step", dynamic_ncols=True, file=sys.stdout)
-        bar.update(int(np.min(state.t_env)))
+        bar.update(_t_env(state))
     latest: dict[str, float] = {}
-    t0, steps0, compiling = time.perf_counter(), int(np.min(state.t_env)), True
+    t0, steps0, compiling = time.perf_counter(), _t_env(state), True
     wall0 = t0
     while True:
-        t_env = int(np.min(state.t_env))  # seeds advance at slightly different rates
+        t_env = _t_env(state)
         if t_env >= host["next_test"]:
             key = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.PRNGKey(s), t))(
                 seeds, state.t_env)  # from the counters: resuming replays the same tests
@@ -136,7 +160,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 cfg.checkpoint_interval
         state, metrics = chunk(state)
         metrics = _to_host(metrics)
-        new_t = int(np.min(state.t_env))
+        new_t = _t_env(state)
         if compiling:  # the first chunk includes compilation: keep it out of the rate
             t0, steps0, compiling = time.perf_counter(), new_t, False
         if new_t >= host["next_log"]:
@@ -152,7 +176,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     save_checkpoint(ckpt_dir, state, host)
-    return {"t_env": np.asarray(state.t_env), "state": state, "latest": latest}
+    return {"t_env": _to_host(state.t_env), "state": state, "latest": latest}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         print("keys and defaults: configs/config.yaml; methods: configs/alg/*.yaml")
         return
+    sharding.init_distributed_from_env()  # multi-host: before anything touches a device
     try:
         cfg = load_config(argv)
+        sharding.make_plan(cfg)  # fails on a device count the config cannot be split over
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     run(cfg)

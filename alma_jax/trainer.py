@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import Mesh
 
 import envs_jax
 from alma_jax import buffer as bf
@@ -26,6 +27,7 @@ from alma_jax.config import Config
 from alma_jax.learners.qmix import QMixConfig, QMixLearner
 from alma_jax.rollout import make_rollout, with_allocation
 from alma_jax.schedules import LinearSchedule
+from alma_jax.sharding import ShardedEnv, batch_constraint
 
 
 @struct.dataclass
@@ -196,15 +198,22 @@ def allocation_metrics(episodes: bf.EpisodeBatch, prefix: str) -> dict[str, jax.
             f"{prefix}/agents_switching": changed}
 
 
-def make_train(cfg: Config) -> TrainFns:
-    """Build the pure init / chunk / evaluate functions of one run configuration."""
+def make_train(cfg: Config, mesh: Mesh | None = None) -> TrainFns:
+    """Build the pure init / chunk / evaluate functions of one run configuration.
+
+    `mesh` (optional, see `alma_jax.sharding`): split the env axis of rollouts and the batch
+    axis of replay windows over the mesh's devices. Only sharding constraints are added, so
+    results are the same as without it (up to float reduction order).
+    """
     env = envs_jax.make(cfg.env, **cfg.env_args)
+    shard_batch = batch_constraint(mesh)  # identity without a mesh
     learner = make_low_learner(cfg, env)
     high = make_high_learner(cfg, env)
     on_policy = bool(getattr(learner, "on_policy", False))
     alloc_fn = high.decide if high is not None else _static_allocation(cfg, env)
     act_fn, init_carry = _act_fns(learner)
-    rollout = make_rollout(env, cfg.num_envs, act_fn, alloc_fn, cfg.action_length, init_carry)
+    rollout = make_rollout(env if mesh is None else ShardedEnv(env, mesh), cfg.num_envs, act_fn,
+                           alloc_fn, cfg.action_length, init_carry)
     epsilon = LinearSchedule(cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_time)
     alloc_eps = LinearSchedule(1.0, 0.0, cfg.alloc_eps_anneal_frac * cfg.total_env_steps)
     prop_eps = LinearSchedule(1.0, cfg.prop_alloc_eps_finish,
@@ -242,7 +251,7 @@ def make_train(cfg: Config) -> TrainFns:
     def low_updates(low, key, buf):
         def one(low, k):
             k_w, k_u = jax.random.split(k)
-            w = bf.sample_windows(buf, k_w, cfg.batch_size, cfg.max_traj_len)
+            w = shard_batch(bf.sample_windows(buf, k_w, cfg.batch_size, cfg.max_traj_len))
             return learner.update(low, w, k_u)
 
         low, m = jax.lax.scan(one, low, jax.random.split(key, cfg.updates_per_rollout))
@@ -251,7 +260,8 @@ def make_train(cfg: Config) -> TrainFns:
     def high_updates(high_state, key, buf, eligible, t_env):
         def one(hs, k):
             k_w, k_u = jax.random.split(k)
-            w = bf.sample_windows(buf, k_w, cfg.batch_size, cfg.max_traj_len, eligible)
+            w = shard_batch(bf.sample_windows(buf, k_w, cfg.batch_size, cfg.max_traj_len,
+                                              eligible))
             return high.update(hs, w, k_u, t_env)
 
         hs, m = jax.lax.scan(one, high_state, jax.random.split(key, cfg.updates_per_rollout))
@@ -266,8 +276,8 @@ def make_train(cfg: Config) -> TrainFns:
         t_env = state.t_env + steps
         episode = state.episode + cfg.num_envs
         if on_policy:  # train on the episodes just collected (lica.md 2, 13.6)
-            low, m = learner.update(state.low, bf.episodes_as_window(episodes, state.t_env),
-                                    k_upd)
+            fresh = shard_batch(bf.episodes_as_window(episodes, state.t_env))
+            low, m = learner.update(state.low, fresh, k_upd)
             ready = jnp.bool_(True)
         else:
             ready = bf.can_sample(buf, cfg.batch_size)
