@@ -62,6 +62,7 @@ class Config:
     epsilon_finish: float = 0.05
     epsilon_anneal_time: int = 2_000_000
     gamma: float = 0.99
+    n_step: int = 1  # value learners: n-step returns (1 = the paper's 1-step targets)
     lr: float = 5e-4
     grad_clip: float = 10.0
     # network sizes
@@ -94,7 +95,7 @@ POSITIVE = {
     "num_seeds", "num_envs", "total_env_steps", "updates_per_rollout", "batch_size",
     "max_traj_len", "buffer_size", "target_update_interval", "action_length", "test_interval",
     "test_episodes", "log_interval", "rollouts_per_chunk", "checkpoint_interval", "embed_dim",
-    "alloc_target_update_interval",
+    "alloc_target_update_interval", "n_step",
     "n_heads", "hidden_dim", "mix_dim", "hyper_dim",
 }
 
@@ -137,6 +138,9 @@ def _check_learner_options(cfg: Config) -> None:
         from alma_jax.learners.lica import LicaConfig
 
         groups["lica"] = LicaConfig
+        if cfg.n_step != 1:
+            raise ConfigError(f"n_step={cfg.n_step} applies to low_learner='qmix'; LICA uses "
+                              "TD(lambda) (lica.td_lambda), so leave n_step at 1")
         if cfg.subtask_cond == "full_obs":
             raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
                               "not 'full_obs'")

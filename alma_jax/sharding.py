@@ -134,7 +134,7 @@ class Plan:
         return jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.state), tree)
 
-    def _per_device(self, fn: Callable, n_args: int) -> Callable:
+    def per_device(self, fn: Callable, n_args: int) -> Callable:
         """`vmap(fn)` over seeds; under "seeds", a `shard_map` of it over the seed axis.
 
         With GSPMD alone XLA gathers the seed axis for some ops (e.g. the replay sampler's
@@ -156,10 +156,10 @@ class Plan:
         Same call signatures as the single-device versions in `alma_jax.train.run`.
         """
         sh = self.state
-        init = jax.jit(self._per_device(fns.init, 1), in_shardings=sh, out_shardings=sh)
-        chunk = jax.jit(self._per_device(fns.chunk, 1), in_shardings=sh,
+        init = jax.jit(self.per_device(fns.init, 1), in_shardings=sh, out_shardings=sh)
+        chunk = jax.jit(self.per_device(fns.chunk, 1), in_shardings=sh,
                         out_shardings=(sh, sh), donate_argnums=0)
-        evaluate = jax.jit(self._per_device(fns.evaluate, 2), in_shardings=(sh, sh),
+        evaluate = jax.jit(self.per_device(fns.evaluate, 2), in_shardings=(sh, sh),
                            out_shardings=sh)
 
         def init_fn(keys: jax.Array) -> Any:

@@ -6,7 +6,11 @@ Both sides run the trainer's jitted chunk (`rollouts_per_chunk` x collect + stor
 `--chunks` times from a fresh state, with the same config (small networks by default, see
 `DEFAULTS`; any `key=value` override, e.g. the paper's sizes, goes after the flags).
 
-- vmapped: `jax.jit(jax.vmap(chunk))` over N seeds, compiled once for N.
+- vmapped: `jax.jit(jax.vmap(chunk))` over N seeds, compiled once for N. When several
+  devices are visible and divide N, the trainer's "seeds" plan instead (`alma_jax.sharding`:
+  shard_map of the vmapped chunk, whole seeds per device). On a CPU,
+  `XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/seeds.py` makes
+  each core a device, so N seeds use both cores while a single run uses one device.
 - separate: N single-seed runs one after another. Each run's compile is counted, as N
   separate processes would each compile (without a persistent compilation cache); the
   single-seed program is compiled once here and its compile time counted N times.
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
 
 from alma_jax.config import load_config  # noqa: E402
+from alma_jax.sharding import Plan, make_mesh  # noqa: E402
 from alma_jax.trainer import make_train  # noqa: E402
 
 # Small enough for a few minutes on a 2-core CPU; updates start with the first rollout
@@ -45,13 +50,35 @@ def seed_keys(first: int, n: int) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(jnp.arange(first, first + n))
 
 
+def seed_plan(n: int):
+    """The trainer's "seeds" plan when several devices are visible and divide N, else None.
+
+    On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=K` exposes K host devices
+    that run their shards on separate threads: the way N seeds use more than one core.
+    """
+    devices = jax.devices()
+    if len(devices) < 2 or n % len(devices):
+        return None
+    return Plan(make_mesh(devices), "seeds")
+
+
 def compile_for(fns, n: int) -> tuple[object, object, float]:
-    """(compiled init, compiled chunk, compile seconds) of the N-seed vmapped program."""
+    """(init, compiled chunk, compile seconds) of the N-seed vmapped program."""
+    plan = seed_plan(n)
     t0 = time.perf_counter()
-    init = jax.jit(jax.vmap(fns.init)).lower(seed_keys(0, n)).compile()
-    state = jax.eval_shape(jax.vmap(fns.init), seed_keys(0, n))
-    chunk = jax.jit(jax.vmap(fns.chunk), donate_argnums=0).lower(state).compile()
-    return init, chunk, time.perf_counter() - t0
+    if plan is None:
+        init = jax.jit(jax.vmap(fns.init)).lower(seed_keys(0, n)).compile()
+        state = jax.eval_shape(jax.vmap(fns.init), seed_keys(0, n))
+        chunk = jax.jit(jax.vmap(fns.chunk), donate_argnums=0).lower(state).compile()
+        return init, chunk, time.perf_counter() - t0
+    sh = plan.state
+    keys = plan.put(seed_keys(0, n))
+    init_c = jax.jit(plan.per_device(fns.init, 1), in_shardings=sh,
+                     out_shardings=sh).lower(keys).compile()
+    state = plan.abstract(jax.eval_shape(jax.vmap(fns.init), seed_keys(0, n)))
+    chunk = jax.jit(plan.per_device(fns.chunk, 1), in_shardings=sh, out_shardings=(sh, sh),
+                    donate_argnums=0).lower(state).compile()
+    return (lambda k: init_c(plan.put(k))), chunk, time.perf_counter() - t0
 
 
 def timed_run(init, chunk, first_seed: int, n: int, chunks: int) -> tuple[float, int]:
@@ -80,7 +107,8 @@ def main() -> None:
     cfg = load_config([*DEFAULTS, *args.overrides, "num_seeds=1"])
     fns = make_train(cfg)  # num_seeds only matters to the host loop: one fns for every N
 
-    init1, chunk1, compile1 = compile_for(fns, 1)
+    with jax.default_device(jax.devices()[0]):
+        init1, chunk1, compile1 = compile_for(fns, 1)
     separate = []  # (seconds, env steps) of single-seed runs with seeds 0, 1, ...
     for s in range(max(args.seeds)):
         separate.append(timed_run(init1, chunk1, s, 1, args.chunks))
@@ -117,6 +145,7 @@ def main() -> None:
                  "processes without a compilation cache); compile = init + chunk, ahead of "
                  "time; env steps summed over seeds",
         "machine": machine_info(), "results": results,
+        "vmapped_devices": len(jax.devices()),
     }
     print(json.dumps(doc, indent=1))
     if args.plot:

@@ -7,6 +7,8 @@ batched `targets` / `update`. The networks themselves are tested in test_nn_*.py
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from scipy import stats as sps
 
 from alma_jax import buffer as bf
-from alma_jax.learners.qmix import QMixConfig, QMixLearner
+from alma_jax.learners.qmix import QMixConfig, QMixLearner, nstep_targets
 from alma_jax.popart import ALPHA, PopArtStats
 
 NA, NB, NT, NACT, ED = 2, 2, 2, 4, 3  # agents, buildings (non-agent entities), subtasks, ...
@@ -262,6 +264,58 @@ def test_terminations_stop_bootstrapping(setup, window):
         np.testing.assert_array_equal(y[0, 2], w.task_rewards[0, 2])  # all finished
         assert np.all(np.abs(y[1, 0] - w.task_rewards[1, 0]) > 1e-3)  # time-out bootstraps
     assert bool(g.initialised)
+
+
+def nstep_brute(r, d, v, m, gamma, n):
+    """Per-transition n-step return by walking forward (the obvious loop)."""
+    B_, T1, K_ = r.shape
+    out = np.zeros_like(r)
+    for b in range(B_):
+        for t in range(T1):
+            for k in range(K_):
+                g, disc, u = 0.0, 1.0, t
+                for j in range(n):
+                    g += disc * r[b, u, k]
+                    disc *= gamma * (1.0 - d[b, u, k])
+                    last = j == n - 1 or u + 1 >= T1 or not m[b, u + 1, k]
+                    if last:
+                        g += disc * v[b, u, k]
+                        break
+                    u += 1
+                out[b, t, k] = g
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_nstep_targets_match_forward_loop(n):
+    rng = np.random.default_rng(n)
+    shape = (3, 7, 2)
+    r, v = rng.normal(size=shape), rng.normal(size=shape)
+    d = (rng.random(shape) < 0.2).astype(np.float64)
+    m = rng.random(shape) < 0.7
+    got = np.asarray(nstep_targets(jnp.asarray(r), jnp.asarray(d), jnp.asarray(v),
+                                   jnp.asarray(m), 0.9, n))
+    np.testing.assert_allclose(got, nstep_brute(r, d, v, m, 0.9, n), rtol=1e-5, atol=1e-5)
+    if n > 1:  # the loop is not the 1-step target
+        assert np.max(np.abs(got - nstep_brute(r, d, v, m, 0.9, 1))) > 1e-2
+
+
+def test_learner_two_step_targets_chain_one_step_ones(setup, window):
+    """n_step=2: Y2(t) = r(t) + g(1-d(t)) Y1(t+1) where transition t+1 continues, else Y1(t)."""
+    name, learner, state, _, targets, _ = setup
+    y1, mask, _ = targets(state, window)
+    two = QMixLearner(dataclasses.replace(learner.cfg, n_step=2))
+    y2, mask2, _ = jax.jit(two.targets)(state, window)
+    y1, y2, mask = np.asarray(y1), np.asarray(y2), np.asarray(mask)
+    np.testing.assert_array_equal(np.asarray(mask2), mask)
+    w = jax.tree.map(np.asarray, window)
+    r = w.task_rewards[:, :-1] if name == "mask" else w.reward[:, :-1, None]
+    d = w.tasks_terminated[:, :-1] if name == "mask" else w.terminated[:, :-1, None]
+    cont = np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], 1)
+    later = np.concatenate([y1[:, 1:], np.zeros_like(y1[:, :1])], 1)
+    want = np.where(cont, r + 0.99 * (1.0 - d) * later, y1)
+    np.testing.assert_allclose(y2, want, rtol=1e-5, atol=1e-5)
+    assert np.any(cont & (d == 0)) and np.max(np.abs(y2 - y1)[mask]) > 1e-4
 
 
 @pytest.mark.parametrize("variant", [

@@ -319,6 +319,11 @@ def test_config_inconsistent_methods():
         load_config(["alg=aqmix", "subtask_cond=mask"])
     with pytest.raises(ConfigError, match="batch_size"):
         load_config(["batch_size=64", "buffer_size=32"])
+    with pytest.raises(ConfigError, match="n_step=3 applies to low_learner='qmix'"):
+        load_config(["alg=lica", "n_step=3"])
+    with pytest.raises(ConfigError, match="n_step"):
+        load_config(["n_step=0"])
+    assert load_config(["n_step=3"]).n_step == 3
 
 
 def test_cli_config_error_exits_nonzero():

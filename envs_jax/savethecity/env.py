@@ -670,25 +670,28 @@ def _collision_losers(pos: jax.Array, valid: jax.Array, coins: jax.Array) -> jax
 
     The original loops over pairs (i, j), i < j, in slot order and sends one member of a
     pair sharing a cell back. A loser's previous cell is free and unique (nobody may enter
-    a cell occupied at step start), so it never collides again: tracking "lost" flags on
-    cell ids reproduces the loop. The flags are packed into one int per env before leaving
-    the loop so XLA evaluates the sequential chain once, not once per output element.
+    a cell occupied at step start), so it never collides again, and within one cell the
+    pair loop is "king of the hill": each later contender j challenges the current holder
+    h with the coin of pair (h, j). Walking j in slot order with a per-agent "holds its
+    cell" flag therefore reproduces the loop with a chain of A steps instead of A(A-1)/2
+    (the pair chain made XLA's compile and run time blow up at 24 agents).
     """
     A = pos.shape[0]
+    if A < 2:
+        return jnp.zeros(A, bool)
     cell = pos[:, 0] * 1024 + pos[:, 1]  # distinct for distinct (x, y), off-map included
-    lost = [jnp.zeros((), bool) for _ in range(A)]
-    p = 0
-    for i in range(A):
-        for j in range(i + 1, A):
-            clash = valid[i] & valid[j] & ~lost[i] & ~lost[j] & (cell[i] == cell[j])
-            lost[i] = lost[i] | (clash & ~coins[p])
-            lost[j] = lost[j] | (clash & coins[p])
-            p += 1
-    if A > 31:
-        return jnp.stack(lost)
-    # A reduction is never fused into its consumers, so the packed flags are computed once.
-    packed = jnp.sum(jnp.where(jnp.stack(lost), 1 << jnp.arange(A), 0))
-    return (packed >> jnp.arange(A)) & 1 == 1
+    slot = jnp.arange(A)
+    holding = jnp.zeros(A, bool)
+    lost = jnp.zeros(A, bool)
+    for j in range(A):
+        rival = holding & (cell == cell[j]) & (slot < j) & valid[j]  # at most one: the holder
+        h = jnp.argmax(rival)
+        pair = h * (2 * A - h - 1) // 2 + (j - h - 1)  # index of pair (h, j) in loop order
+        j_loses = jnp.any(rival) & coins[jnp.clip(pair, 0, coins.shape[0] - 1)]
+        h_loses = rival & ~j_loses & jnp.any(rival)
+        holding = (holding & ~h_loses).at[j].set(valid[j] & ~j_loses)
+        lost = (lost | h_loses).at[j].set(j_loses)
+    return lost
 
 
 def _nan_ratio(num, den, dtype):
