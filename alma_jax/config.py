@@ -19,7 +19,10 @@ ENVS = ("savethecity", "traffic_junction", "host_savethecity", "host_traffic_jun
         "sc2multiarmy")
 
 
-HEURISTIC_ENVS = ("savethecity", "host_savethecity")  # envs with a spec heuristic allocation
+# envs with a spec heuristic allocation
+HEURISTIC_ENVS = ("savethecity", "host_savethecity", "sc2multiarmy")
+# envs that compute their heuristic host-side, only when asked (starcraft.md A.13)
+HOST_HEURISTIC_ENVS = ("sc2multiarmy",)
 
 
 class ConfigError(ValueError):
@@ -116,12 +119,21 @@ def _check_types(cfg: Config) -> None:
             raise ConfigError(f"{f.name} must be of type {f.type}, got {v!r}")
 
 
+def env_kwargs(cfg: Config) -> dict[str, Any]:
+    """`env_args` plus what the method needs from the env: allocation='heuristic' on an env
+    that computes its heuristic host-side switches that on (`heuristic_alloc`)."""
+    kw = dict(cfg.env_args)
+    if cfg.allocation == "heuristic" and cfg.env in HOST_HEURISTIC_ENVS:
+        kw.setdefault("heuristic_alloc", True)
+    return kw
+
+
 def _check_env(cfg: Config) -> None:
     """env_args are the environment's options: build it once so bad ones fail here."""
     import envs_jax
 
     try:
-        envs_jax.make(cfg.env, **cfg.env_args)
+        envs_jax.make(cfg.env, **env_kwargs(cfg))
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"env_args={cfg.env_args!r}: {e}") from None
 

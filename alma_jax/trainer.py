@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 import envs_jax
 from alma_jax import buffer as bf
 from alma_jax.allocation import env_heuristic_allocation, random_allocation
-from alma_jax.config import Config
+from alma_jax.config import Config, env_kwargs
 from alma_jax.learners.qmix import QMixConfig, QMixLearner
 from alma_jax.rollout import make_rollout, with_allocation
 from alma_jax.schedules import LinearSchedule
@@ -60,7 +60,9 @@ class TrainFns(NamedTuple):
 
 
 END_STATS = ("solved", "prop_buildings_completed", "buildings_completed", "buildings_burned",
-             "fires_extinguished", "buildings_health_delta")
+             "fires_extinguished", "buildings_health_delta",
+             # StarCraft (SMAC adapters: battle_won; sc2multiarmy: all four)
+             "battle_won", "perc_armies_defeated", "allies_defeated", "base_infiltrated")
 
 
 def _static_allocation(cfg: Config, env):
@@ -206,7 +208,7 @@ def make_train(cfg: Config, mesh: Mesh | None = None) -> TrainFns:
     axis of replay windows over the mesh's devices. Only sharding constraints are added, so
     results are the same as without it (up to float reduction order).
     """
-    env = envs_jax.make(cfg.env, **cfg.env_args)
+    env = envs_jax.make(cfg.env, **env_kwargs(cfg))
     shard_batch = batch_constraint(mesh)  # identity without a mesh
     learner = make_low_learner(cfg, env)
     high = make_high_learner(cfg, env)

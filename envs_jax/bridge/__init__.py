@@ -10,6 +10,9 @@ on them unchanged. Environments:
   (host_traffic_junction.py), driven through the flat SMAC adapter.
 * `make_smac_env(map_name, scheme)` / `make_sc2multiarmy_env(scenario)` (smac.py): StarCraft
   II, when the `smac` extra and the game are installed; otherwise a clear install message.
+  ALMA's multi-army setting is `host_sc2multiarmy.HostSC2MultiArmy` (rules in the numpy
+  modules `sc2multiarmy` and `sc2multiarmy_rules`) over a game backend: pysc2
+  (`sc2multiarmy_pysc2`) or any class with its `Backend` protocol (`backend="file.py:Class"`).
 
 Bridge options shared by all: `n_workers` (processes; env i lives in worker i % n_workers),
 `timeout` (seconds a step may take), `reset_timeout` (spawn, env construction and resets),

@@ -17,7 +17,8 @@ which SMAC restarted the game after a crash (it then returns `(0, True, {})`).
 
 Parent side: `make_smac_env` / `make_sc2multiarmy_env` check the optional StarCraft install
 and raise `MissingDependencyError` (also a ValueError, so config validation reports it as a
-plain config error) saying exactly what to install and how.
+plain config error) saying exactly what to install and how. `make_sc2multiarmy_env` builds
+ALMA's multi-army env (host_sc2multiarmy.py) over pysc2 or another game backend.
 
 The adapters are written against oxwhirl SMAC's public methods and attributes; without
 StarCraft II they are exercised only with the SMAC-like fakes of the test suite.
@@ -40,7 +41,8 @@ DEFAULT_SMAC_CLASS = "smac.env:StarCraft2Env"
 SCHEMES = ("entity", "flat")
 ALMA_MAP = "empty_passive"
 
-# Spec A.2: static sizes of ALMA's multi-army families (entity dims are derived there).
+# Spec A.2: static sizes of ALMA's multi-army families (entity dims are derived there);
+# `sc2multiarmy.make_family(name).sizes()` computes the same from the scenario lists.
 SC2MULTIARMY_SIZES = {
     "6-8sz_maxsize4_maxarmies3_symmetric":
         {"n_agents": 8, "n_entities": 16, "n_actions": 14, "entity_dim": 42},
@@ -303,18 +305,22 @@ def sc2_path() -> Path:
     return Path(os.environ.get("SC2PATH", "~/StarCraftII")).expanduser()
 
 
-def smac_install_problems(map_name: str | None = None) -> list[str]:
-    """What is missing for SMAC on map `map_name` (empty when everything is in place)."""
+def smac_install_problems(map_name: str | None = None, need_smac: bool = True) -> list[str]:
+    """What is missing for SMAC on map `map_name` (empty when everything is in place).
+
+    `need_smac=False`: only what talking to the game through pysc2 needs (sc2multiarmy)."""
     problems = []
-    spec = importlib.util.find_spec("smac")
-    if spec is None:
+    spec = importlib.util.find_spec("smac") if need_smac else None
+    if need_smac and spec is None:
         problems.append("the Python package `smac` (oxwhirl's SMAC) is not installed")
-    elif not any((Path(p) / "env" / "starcraft2").is_dir()
-                 for p in (spec.submodule_search_locations or [])):
+    elif need_smac and not any((Path(p) / "env" / "starcraft2").is_dir()
+                               for p in (spec.submodule_search_locations or [])):
         problems.append("the installed `smac` is not oxwhirl's SMAC (the package index's "
                         "`smac` is SMAC3, an unrelated project): `pip uninstall smac` first")
     if importlib.util.find_spec("pysc2") is None:
         problems.append("the Python package `pysc2` is not installed")
+    if not need_smac and importlib.util.find_spec("s2clientprotocol") is None:
+        problems.append("the Python package `s2clientprotocol` is not installed")
     root = sc2_path()
     if not root.is_dir():
         problems.append(f"StarCraft II is not installed at {root} (set SC2PATH to its folder)")
@@ -379,28 +385,74 @@ def make_smac_env(map_name: str = "5m_vs_6m", scheme: str = "entity", *, n_worke
                      describe=describe, label=f"smac-{map_name}-{scheme}")
 
 
-def make_sc2multiarmy_env(scenario: str = "6-8sz_maxsize4_maxarmies3_symmetric",
-                          **kwargs: Any):
-    """ALMA's multi-army StarCraft setting (spec part A); fails with what is missing.
+SC2MULTIARMY_TARGET = "envs_jax.bridge.host_sc2multiarmy:HostSC2MultiArmy"
 
-    The multi-army environment itself (ALMA's modified SMAC classes driving pysc2 directly)
-    is not ported: with StarCraft II, SMAC and ALMA's maps all installed this still raises
-    `EnvUnavailableError`, naming the static sizes it would have (`SC2MULTIARMY_SIZES`).
+
+def stored_heuristic(n_agents: int):
+    """The allocation policy of an env that writes its own heuristic allocation into the
+    agent rows of entity2task_mask (sc2multiarmy with heuristic_alloc=True, spec A.13):
+    `fn(obs) -> [NA, NT]` reads it back (JAX arrays; no JAX import needed here)."""
+
+    def heuristic_allocation(obs):
+        return ~obs.entity2task_mask[..., :n_agents, :]
+
+    return heuristic_allocation
+
+
+def make_sc2multiarmy_env(scenario: str = "6-8sz_maxsize4_maxarmies3_symmetric", *,
+                          backend: str = "pysc2", n_workers: int = 1, timeout: float = 120.0,
+                          reset_timeout: float = 600.0, on_error: str = "restart",
+                          **options: Any):
+    """ALMA's multi-army StarCraft setting (spec part A) as a `BridgeEnv`.
+
+    The env (`host_sc2multiarmy.HostSC2MultiArmy`; options: its keyword arguments, e.g.
+    `team_sizes`, `episode_limit`, `heuristic_alloc`, `heuristic_style`,
+    `faithful_task_reward`, `backend_kwargs`) runs in worker processes over a game backend:
+    `backend='pysc2'` (default) is StarCraft II through pysc2 and needs the game, pysc2 and
+    ALMA's map (a clear `MissingDependencyError` otherwise); another backend
+    ("module:Class" or "file.py:Class" with the `Backend` protocol, e.g. the test suite's
+    simulator) skips that check. With `heuristic_alloc=True` the env computes the A.13
+    heuristic and the returned env offers it to `allocation='heuristic'`.
     """
     if scenario not in SC2MULTIARMY_SIZES:
         raise ValueError(f"unknown sc2multiarmy scenario {scenario!r}; allowed: "
                          f"{sorted(SC2MULTIARMY_SIZES)}")
-    problems = smac_install_problems(ALMA_MAP)
-    if problems:
-        raise MissingDependencyError(
-            install_help(problems, f"env=sc2multiarmy (scenario {scenario}); it requires the "
-                         "ALMA StarCraft maps and", alma_maps=True))
-    raise EnvUnavailableError(
-        f"env=sc2multiarmy (scenario {scenario}) requires ALMA's multi-army StarCraft "
-        "environment (spec part A: armies, scripted attack/retreat, per-army tasks), which "
-        "alma-jax has not ported yet; StarCraft II, SMAC and the ALMA maps are installed. "
-        f"Its array contract would be {SC2MULTIARMY_SIZES[scenario]}, 3 tasks, episode_limit "
-        f"150. Options given: {sorted(kwargs)}")
+    from envs_jax.bridge.host_sc2multiarmy import BACKEND_ALIASES, HostSC2MultiArmy
+
+    allowed = set(inspect.signature(HostSC2MultiArmy).parameters) - {"scenario", "backend"}
+    bad = sorted(set(options) - allowed)
+    if bad:
+        every = allowed | {"scenario", "backend", "n_workers", "timeout", "reset_timeout",
+                           "on_error"}
+        raise ValueError(f"unknown sc2multiarmy option(s) {bad}; allowed: {sorted(every)}")
+    if not isinstance(backend, str):
+        raise ValueError(f"sc2multiarmy backend must be 'pysc2' or 'module:Class' / "
+                         f"'file.py:Class', got {backend!r}")
+    target = BACKEND_ALIASES.get(backend, backend)
+    if target == BACKEND_ALIASES["pysc2"]:
+        problems = smac_install_problems(ALMA_MAP, need_smac=False)
+        if problems:
+            raise MissingDependencyError(
+                install_help(problems, f"env=sc2multiarmy (scenario {scenario}); it requires "
+                             "the ALMA StarCraft maps and", alma_maps=True))
+    # a bad backend or backend option fails here, not in the workers (pysc2 itself is
+    # imported only when the backend is built)
+    backend_cls = load_target(target)
+    try:
+        inspect.signature(backend_cls).bind(**dict(options.get("backend_kwargs") or {}))
+    except TypeError as err:
+        raise ValueError(f"sc2multiarmy backend_kwargs do not fit {target}: {err}") from None
+    from envs_jax.bridge.callback import BridgeEnv
+
+    kwargs = {"env_class": SC2MULTIARMY_TARGET, "scenario": scenario, "backend": backend,
+              **options}
+    env = BridgeEnv("envs_jax.bridge.host:entity_host", kwargs, n_workers=n_workers,
+                    timeout=timeout, reset_timeout=reset_timeout, on_error=on_error,
+                    describe="parent", label=f"sc2multiarmy-{scenario}")
+    if options.get("heuristic_alloc"):
+        # the trainer looks for it here for allocation='heuristic'
+        env.heuristic_allocation = stored_heuristic(env.n_agents)
+    return env
 
 
 __all__ = [
@@ -418,4 +470,5 @@ __all__ = [
     "smac_install_problems",
     "smac_info_spec",
     "split_flat",
+    "stored_heuristic",
 ]
