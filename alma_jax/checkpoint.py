@@ -15,22 +15,43 @@ import orbax.checkpoint as ocp
 
 
 def save_checkpoint(path: Path, state: Any, host: dict[str, int]) -> None:
-    """Write `state` and `host` to `path`, replacing any previous checkpoint there."""
+    """Write `state` and `host` to `path`, replacing any previous checkpoint there.
+
+    Multi-host: every process calls this (orbax writes each process's shards); only the
+    first process touches the directories and host.json, between barriers.
+    """
+    import jax
+
     path = Path(path).resolve()
     tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    primary, many = jax.process_index() == 0, jax.process_count() > 1
+    if primary:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if many:
+        _barrier("alma_jax_checkpoint_start")
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(tmp / "state", state)
         ckptr.wait_until_finished()
-    (tmp / "host.json").write_text(json.dumps(host))
-    # swap in only complete checkpoints, so a killed run keeps its previous one intact
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    if many:
+        _barrier("alma_jax_checkpoint_written")
+    if primary:
+        (tmp / "host.json").write_text(json.dumps(host))
+        # swap in only complete checkpoints, so a killed run keeps its previous one intact
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    if many:
+        _barrier("alma_jax_checkpoint_done")
+
+
+def _barrier(name: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def load_checkpoint(path: Path, abstract_state: Any) -> tuple[Any, dict[str, int]]:

@@ -38,14 +38,19 @@ def _t_env(state: Any) -> int:
     return int(np.min(_to_host(state.t_env)))  # seeds advance at slightly different rates
 
 
+class RunStopped(RuntimeError):
+    """A host-side environment failed mid-run; the message says where the last checkpoint is."""
+
+
 class MetricLog:
     """Appends records to metrics.jsonl (all seeds, seed mean and IQR) and metrics.csv (means)."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool):
+    def __init__(self, out_dir: Path, tensorboard: bool, enabled: bool = True):
         self.jsonl = out_dir / "metrics.jsonl"
         self.csv = out_dir / "metrics.csv"
         self.writer = None
-        if tensorboard:
+        self.enabled = enabled  # False: compute the seed means, write nothing (other hosts)
+        if tensorboard and enabled:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:  # keep the core install small
@@ -57,6 +62,8 @@ class MetricLog:
         per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in values.items()}
         means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                  for k, v in per_seed.items()}
+        if not self.enabled:
+            return means
         spread = seed_stats(per_seed)  # q25 / q75 / iqr over seeds, for mean + IQR plots
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({"t_env": t_env, "per_seed": per_seed, "mean": means, **spread})
@@ -77,6 +84,8 @@ class MetricLog:
     def truncate_after(self, t_env: int) -> None:
         """Drop records logged after `t_env`: a run resumed from a checkpoint taken at `t_env`
         logs them again (they were written by a killed run after its last checkpoint)."""
+        if not self.enabled:
+            return
         if self.jsonl.exists():
             lines = [ln for ln in self.jsonl.read_text().splitlines(keepends=True) if ln.strip()]
             self.jsonl.write_text("".join(ln for ln in lines if json.loads(ln)["t_env"] <= t_env))
@@ -98,6 +107,8 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = sharding.make_plan(cfg, devices, scheme)  # None: one device, nothing sharded
+    # multi-host: every process runs this loop; only the first writes logs and the bar
+    primary = jax.process_index() == 0
     if plan is None:
         fns: TrainFns = make_train(cfg)
         init = jax.jit(jax.vmap(fns.init))
@@ -123,56 +134,75 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
         resumed_at = _t_env(state)
         print(f"resumed from {ckpt_dir} at t_env={resumed_at}", flush=True)
     else:
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (out_dir / "metrics.csv").unlink(missing_ok=True)
+        if primary:
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (out_dir / "metrics.csv").unlink(missing_ok=True)
         state = init(jax.vmap(jax.random.PRNGKey)(seeds))
-    with open(out_dir / "config.json", "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    log = MetricLog(out_dir, cfg.tensorboard)
+    if primary:
+        with open(out_dir / "config.json", "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+    log = MetricLog(out_dir, cfg.tensorboard, enabled=primary)
     if resumed_at is not None:
         log.truncate_after(resumed_at)
 
     bar = None
-    if cfg.progress:
+    if cfg.progress and primary:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.total_env_steps, unit="step", dynamic_ncols=True, file=sys.stdout)
         bar.update(_t_env(state))
     latest: dict[str, float] = {}
-    t0, steps0, compiling = time.perf_counter(), _t_env(state), True
-    wall0 = t0
-    while True:
-        t_env = _t_env(state)
-        if t_env >= host["next_test"]:
-            key = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.PRNGKey(s), t))(
-                seeds, state.t_env)  # from the counters: resuming replays the same tests
-            ev = log.write(t_env, _to_host(evaluate(state, key)))
-            latest = {k: v for k, v in ev.items() if k in ("eval/solved_mean", "eval/return_mean")}
-            host["next_test"] = (t_env // cfg.test_interval + 1) * cfg.test_interval
-        if t_env >= cfg.total_env_steps:
-            break
-        if cfg.max_wall_seconds and time.perf_counter() - wall0 > cfg.max_wall_seconds:
-            print(f"max_wall_seconds={cfg.max_wall_seconds} reached at t_env={t_env}", flush=True)
-            break
-        if t_env >= host["next_checkpoint"]:
-            save_checkpoint(ckpt_dir, state, host)
-            host["next_checkpoint"] = (t_env // cfg.checkpoint_interval + 1) * \
-                cfg.checkpoint_interval
-        state, metrics = chunk(state)
-        metrics = _to_host(metrics)
-        new_t = _t_env(state)
-        if compiling:  # the first chunk includes compilation: keep it out of the rate
-            t0, steps0, compiling = time.perf_counter(), new_t, False
-        if new_t >= host["next_log"]:
-            means = {k: np.nanmean(v, axis=-1) if v.ndim > 1 else v
-                     for k, v in metrics.items() if k != "t_env"}
-            log.write(new_t, means)
-            host["next_log"] = (new_t // cfg.log_interval + 1) * cfg.log_interval
-        if bar is not None:
-            rate = (new_t - steps0) / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix({"steps/s": f"{rate:,.0f}", **{k.split("/")[1]: f"{v:.3f}"
-                                                         for k, v in latest.items()}})
-            bar.update(new_t - t_env)
+    t_env = _t_env(state)
+    saved_at = resumed_at  # t_env of the checkpoint on disk from this run (None: none yet)
+    # A host-side env (StarCraft bridge) can fail inside a chunk: stop with a plain message
+    # that says which checkpoint survives, instead of a traceback through XLA.
+    try:
+        t0, steps0, compiling = time.perf_counter(), t_env, True
+        wall0 = t0
+        while True:
+            t_env = _t_env(state)
+            if t_env >= host["next_test"]:
+                key = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.PRNGKey(s), t))(
+                    seeds, state.t_env)  # from the counters: resuming replays the same tests
+                ev = log.write(t_env, _to_host(evaluate(state, key)))
+                latest = {k: v for k, v in ev.items()
+                          if k in ("eval/solved_mean", "eval/return_mean")}
+                host["next_test"] = (t_env // cfg.test_interval + 1) * cfg.test_interval
+            if t_env >= cfg.total_env_steps:
+                break
+            if cfg.max_wall_seconds and time.perf_counter() - wall0 > cfg.max_wall_seconds:
+                print(f"max_wall_seconds={cfg.max_wall_seconds} reached at t_env={t_env}",
+                      flush=True)
+                break
+            if t_env >= host["next_checkpoint"]:
+                save_checkpoint(ckpt_dir, state, host)
+                saved_at = t_env
+                host["next_checkpoint"] = (t_env // cfg.checkpoint_interval + 1) * \
+                    cfg.checkpoint_interval
+            state, metrics = chunk(state)
+            metrics = _to_host(metrics)
+            new_t = _t_env(state)
+            if compiling:  # the first chunk includes compilation: keep it out of the rate
+                t0, steps0, compiling = time.perf_counter(), new_t, False
+            if new_t >= host["next_log"]:
+                means = {k: np.nanmean(v, axis=-1) if v.ndim > 1 else v
+                         for k, v in metrics.items() if k != "t_env"}
+                log.write(new_t, means)
+                host["next_log"] = (new_t // cfg.log_interval + 1) * cfg.log_interval
+            if bar is not None:
+                rate = (new_t - steps0) / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix({"steps/s": f"{rate:,.0f}", **{k.split("/")[1]: f"{v:.3f}"
+                                                             for k, v in latest.items()}})
+                bar.update(new_t - t_env)
+    except Exception as err:
+        env_error = getattr(fns.env, "last_error", None)
+        if env_error is None:
+            raise
+        where = ("no checkpoint was written yet" if saved_at is None else
+                 f"the last checkpoint ({ckpt_dir}, t_env={saved_at}) is intact: fix the "
+                 "environment and rerun with resume=true")
+        raise RunStopped(f"the environment failed after t_env={t_env}; {where}.\n"
+                         f"{type(env_error).__name__}: {env_error}") from err
     if bar is not None:
         bar.close()
     save_checkpoint(ckpt_dir, state, host)
@@ -191,7 +221,10 @@ def main(argv: list[str] | None = None) -> None:
         sharding.make_plan(cfg)  # fails on a device count the config cannot be split over
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
-    run(cfg)
+    try:
+        run(cfg)
+    except RunStopped as e:
+        raise SystemExit(f"run stopped: {e}") from None
     print(f"done: {math.floor(cfg.total_env_steps)} env steps; metrics in {cfg.out_dir}")
 
 

@@ -77,3 +77,21 @@ class ScriptedEnv:
 
     def close(self) -> None:
         self.closed = True
+
+
+
+def crashing_city(crash_after: int, **kw):
+    """The numpy SaveTheCity, raising on its `crash_after`-th step (counted over episodes).
+
+    A factory, so that importing this file (as the scripted envs' workers do) stays JAX-free.
+    """
+    from envs_jax.bridge.host_savethecity import HostSaveTheCity
+
+    class CrashingCity(HostSaveTheCity):
+        def step(self, actions):
+            self.steps_taken = getattr(self, "steps_taken", 0) + 1
+            if self.steps_taken >= crash_after:
+                raise RuntimeError(f"scripted crash after {self.steps_taken} steps")
+            return super().step(actions)
+
+    return CrashingCity(**kw)

@@ -619,3 +619,52 @@ def test_trainer_runs_on_bridge_env(tmp_path):
     assert np.all(np.asarray(res["t_env"]) >= 600)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert lines and all(len(v) == 2 for v in json.loads(lines[-1])["per_seed"].values())
+
+
+def test_training_stops_cleanly_with_last_checkpoint_intact(tmp_path, monkeypatch):
+    """A worker failing mid-training stops the run with its error and where the intact
+    checkpoint is; the checkpoint loads; no worker survives."""
+    import dataclasses
+
+    from test_trainer import tiny_config
+
+    import alma_jax.train as train_mod
+    from alma_jax.checkpoint import load_checkpoint
+    from alma_jax.trainer import make_train
+
+    cfg = tiny_config(tmp_path / "run", alg="heuristic")
+    cfg = dataclasses.replace(cfg, env="host_savethecity", total_env_steps=2000,
+                              checkpoint_interval=150)
+    pids, real_make = [], envs_jax.make
+
+    def make(name, **kw):
+        if name != "host_savethecity":
+            return real_make(name, **kw)
+        env = BridgeEnv("envs_jax.bridge.host:entity_host",
+                        {"env_class": f"{HERE / 'bridge_envs.py'}:crashing_city",
+                         "crash_after": 250, **kw}, n_workers=2, label="crashing")
+        env.heuristic_allocation = heuristic_allocation
+        start = env.pool.start
+
+        def start_and_record():
+            out = start()
+            pids.extend(env.pool.pids)
+            return out
+
+        env.pool.start = start_and_record
+        return env
+
+    monkeypatch.setattr(envs_jax, "make", make)
+    with pytest.raises(train_mod.RunStopped) as err:
+        train_mod.run(cfg)
+    msg = str(err.value)
+    assert "scripted crash after 250 steps" in msg and "Traceback" in msg
+    assert "is intact" in msg and "resume=true" in msg
+    saved_t = int(msg.split("t_env=")[2].split(")")[0])
+    assert 150 <= saved_t < 2000
+    fns = make_train(cfg)
+    abstract = jax.eval_shape(jax.vmap(fns.init), jax.random.PRNGKey(0)[None])
+    state, host = load_checkpoint(tmp_path / "run" / "checkpoint", abstract)
+    assert int(np.asarray(state.t_env)[0]) == saved_t and set(host) >= {"next_test", "next_log"}
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.low.params))
+    assert pids and wait_gone(pids, 15.0), f"orphan workers {pids}"

@@ -574,3 +574,47 @@ def test_other_families_step(scenario):
     assert n == table.n_agents[s] and table.min_blds[s] <= m <= table.max_blds[s]
     if scenario == "single_scen":
         assert list(np.asarray(st.bld_type)) == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+# ------------------------------------------- the vectorised loops against their literal forms
+def test_draw_without_replacement_is_the_list_pop_loop():
+    """Sampling positions (spec 4.5, 4.6a) equals `lst.pop(int(u * len(lst)))`, 24 of 25 too."""
+    from envs_jax.savethecity.env import _draw_without_replacement
+
+    rng = np.random.default_rng(0)
+    for k, n, n_max in ((1, 1, 4), (3, 9, 9), (5, 7, 25), (24, 25, 25), (25, 25, 25)):
+        u = rng.random((200, k)).astype(np.float32)
+        got = np.asarray(jax.vmap(lambda r, n=n, m=n_max: _draw_without_replacement(
+            r, jnp.int32(n), m))(u))
+        want = []
+        for row in u:
+            lst = list(range(n))
+            want.append([lst.pop(min(int(np.float32(x) * np.float32(len(lst))), len(lst) - 1))
+                         for x in row])
+        np.testing.assert_array_equal(got, np.array(want))
+
+
+def test_collision_walk_equals_pair_loop_with_many_agents():
+    """The king-of-the-hill walk (spec 6.5) equals the original's pair loop, up to 24 agents
+    crowded on a few cells (the enumerated k <= 5 cases above cover the probabilities)."""
+    from envs_jax.savethecity.env import _collision_losers
+
+    def pair_loop(pos, valid, coins):
+        lost, p = np.zeros(len(pos), bool), 0
+        for i in range(len(pos)):
+            for j in range(i + 1, len(pos)):
+                if (valid[i] and valid[j] and not lost[i] and not lost[j]
+                        and tuple(pos[i]) == tuple(pos[j])):
+                    lost[j if coins[p] else i] = True
+                p += 1
+        return lost
+
+    rng = np.random.default_rng(1)
+    for a in (2, 5, 11, 24):
+        pos = rng.integers(0, 3, size=(300, a, 2))
+        valid = rng.random((300, a)) < 0.9
+        coins = rng.random((300, a * (a - 1) // 2)) < 0.5
+        got = np.asarray(jax.jit(jax.vmap(_collision_losers))(pos, valid, coins))
+        want = np.stack([pair_loop(*x) for x in zip(pos, valid, coins)])
+        np.testing.assert_array_equal(got, want)
+        assert want.any()

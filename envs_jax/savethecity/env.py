@@ -223,10 +223,11 @@ class SaveTheCity(Environment):
 
         # Agents then buildings pop uniformly random entries of their candidate lists (4.5, 4.6a).
         cells = _lookup(self.spawn_cells, n)  # [K, 2]
-        pick = _draw_without_replacement(u_spawn, _lookup(self.spawn_count, n))
+        pick = _draw_without_replacement(u_spawn, _lookup(self.spawn_count, n),
+                                         self.spawn_cells.shape[1])
         agent_pos = _lookup(cells, pick, axis=-1)
         agent_pos = jnp.where(agent_valid[:, None], agent_pos, self._agent_off_map)
-        pick = _draw_without_replacement(u_cells, len(self.bld_cells))
+        pick = _draw_without_replacement(u_cells, len(self.bld_cells), len(self.bld_cells))
         per_row = len(range(1, sc.MAP_SIZE, t.bld_spacing))  # lattice is x-major
         bld_pos = 1 + t.bld_spacing * jnp.stack([pick // per_row, pick % per_row], -1)
         bld_pos = jnp.where(bld_valid[:, None], bld_pos, self._bld_off_map)
@@ -647,20 +648,22 @@ def _split_sizes(u: jax.Array, sizes: list[int]) -> list[jax.Array]:
     return out
 
 
-def _draw_without_replacement(u: jax.Array, n_items) -> jax.Array:
-    """Indices into a list of `n_items`, popping entry floor(u_k * remaining) at each draw k.
+def _draw_without_replacement(u: jax.Array, n_items, n_max: int) -> jax.Array:
+    """Indices into a list of `n_items` (<= n_max, static), popping entry floor(u_k * remaining)
+    at each draw k: the original's `list.pop(randint(len(list)))` loop without a list.
 
-    This is the original's `list.pop(randint(len(list)))` loop without a list: the r-th
-    remaining item is the fixed point of x = r + #{earlier picks <= x}, reached after at
-    most k iterations. u: [k] uniforms; returns [k] int32 (valid while k <= n_items).
+    A "taken" mask over the n_max slots stands in for the list: the r-th remaining item is
+    the first slot where the running count of free slots exceeds r. A chain of k steps of
+    O(n_max) each. u: [k] uniforms; returns [k] int32 (valid while k <= n_items).
     """
-    picks: list[jax.Array] = []
+    slots = jnp.arange(n_max)
+    free = slots < n_items
+    picks = []
     for k in range(u.shape[0]):
         remaining = n_items - k
         r = jnp.minimum((u[k] * remaining).astype(jnp.int32), remaining - 1)
-        x = r
-        for _ in range(k):
-            x = r + sum((p <= x).astype(jnp.int32) for p in picks)
+        x = jnp.argmax(jnp.cumsum(free) > r).astype(jnp.int32)
+        free = free & (slots != x)
         picks.append(x)
     return jnp.stack(picks)
 
