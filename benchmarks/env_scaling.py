@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # noqa: E402
+from _machine import machine_info, time_env_runner  # noqa: E402
 from env_throughput import make_runner, obs_checksum  # noqa: E402
 
 import envs_jax  # noqa: E402
@@ -67,18 +66,7 @@ def measure(env, num_envs: int, num_steps: int, repeats: int, step: str,
         run = make_runner(env, num_envs, num_steps, terminal_obs)
     else:
         run = make_no_reset_runner(env, num_envs, num_steps)
-    key = jax.random.key(0)
-    t0 = time.perf_counter()
-    compiled = run.lower(key).compile()
-    compile_s = time.perf_counter() - t0
-    compiled(key).block_until_ready()  # warm-up
-    best = float("inf")
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        compiled(jax.random.key(r + 1)).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return {"num_envs": num_envs, "steps_per_env": num_steps, "compile_s": round(compile_s, 3),
-            "run_s": round(best, 4), "env_steps_per_s": round(num_envs * num_steps / best)}
+    return time_env_runner(run, num_envs, num_steps, repeats)
 
 
 def sizes(env) -> dict:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # noqa: E402
+from _machine import machine_info, time_env_runner  # noqa: E402
 
 import envs_jax  # noqa: E402
 from envs_jax.savethecity.policies import uniform_valid  # noqa: E402
@@ -63,23 +62,7 @@ def make_runner(env, num_envs: int, num_steps: int, terminal_obs: bool):
 
 def measure(env, num_envs: int, num_steps: int, repeats: int, terminal_obs: bool) -> dict:
     run = make_runner(env, num_envs, num_steps, terminal_obs)
-    key = jax.random.key(0)
-    t0 = time.perf_counter()
-    compiled = run.lower(key).compile()
-    compile_s = time.perf_counter() - t0
-    compiled(key).block_until_ready()  # warm-up
-    best = float("inf")
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        compiled(jax.random.key(r + 1)).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return {
-        "num_envs": num_envs,
-        "steps_per_env": num_steps,
-        "compile_s": round(compile_s, 3),
-        "run_s": round(best, 4),
-        "env_steps_per_s": round(num_envs * num_steps / best),
-    }
+    return time_env_runner(run, num_envs, num_steps, repeats)
 
 
 def main() -> None:
