@@ -483,11 +483,20 @@ class WorkerPool:
                 getattr(proc, stop)()
             for proc in alive:
                 proc.join(2.0)
-        for conn in self.conns:
-            conn.close()
-        for proc in self.procs:
-            if not proc.is_alive():
-                proc.close()
+        # A request may be in flight (an io_callback thread waiting on these pipes and
+        # process sentinels when Ctrl-C or an exit lands, or `_fail` in this very thread):
+        # closing its descriptors under it can leave that wait blocked until the step
+        # timeout. The workers are dead now, so such a wait wakes up and fails; its pipes
+        # are then closed by garbage collection instead of here.
+        if self._lock.acquire(blocking=False):
+            try:
+                for conn in self.conns:
+                    conn.close()
+                for proc in self.procs:
+                    if not proc.is_alive():
+                        proc.close()
+            finally:
+                self._lock.release()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
