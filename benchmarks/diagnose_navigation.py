@@ -15,6 +15,8 @@ Two measurements, printed as one JSON document:
    subtask mask) to say which of the four 1-cell moves reduce the distance to the allocated
    building. It separates "the network cannot represent navigation from absolute one-hot
    positions" from "Q-learning has not found it yet".
+
+`greedy_moves` also reports each seed's Pop-Art scale `a` (alma.md 2.5) of the mixer outputs.
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ def greedy_moves(run: Path, episodes: int, seed: int) -> dict:
                     closer += int(d1 < d0)
                     farther += int(d1 > d0)
                     level += int(d1 == d0)
+    mixer = saved["low"].params.get("mixer", {}).get("params", {})
+    scale = np.asarray(mixer["popart_a"]) if "popart_a" in mixer else None
     return {"run": str(run), "alg": cfg.alg, "t_env": int(np.asarray(saved["t_env"])[0]),
+            # Pop-Art scale a of each seed's mixer outputs (starts at 1; the agents'
+            # gradients are multiplied by it)
+            "popart_scale_per_seed": None if scale is None else np.round(scale, 4).tolist(),
             "episodes": episodes, "returns": [round(ep["return"], 2) for ep in played],
             "moves_closer": closer, "moves_farther": farther, "moves_same_distance": level,
             "action_counts": dict(counts.most_common())}
