@@ -56,6 +56,23 @@ def greedy_moves(run: Path, episodes: int, seed: int) -> dict:
     played = play_episodes(fns, cfg, first, jax.random.PRNGKey(seed), episodes)
     counts: collections.Counter = collections.Counter()
     closer = farther = level = 0
+    # The agents' utilities of their greedy actions: their scale against the mixer's ELU
+    # (flat, gradient exp(x), far below zero) is one suspect for what stalls learning.
+    low = jax.tree.map(lambda x: x[0], saved["low"].params)
+    agent_q = jax.jit(fns.learner.agent_q)
+    get_obs = jax.jit(fns.env.get_obs)
+    chosen_q = []
+    for ep in played:
+        last = -np.ones(fns.env.n_agents, np.int32)
+        for st, alloc, actions in zip(ep["states"][:-1], ep["allocations"][:-1],
+                                      ep["actions"][:-1]):
+            obs = get_obs(st)
+            q = np.asarray(agent_q(low["agent"], obs.entities, obs.obs_mask, obs.entity_mask,
+                                   obs.entity2task_mask, jnp.asarray(last),
+                                   jnp.asarray(alloc)))
+            valid = np.asarray(st.agent_valid)
+            chosen_q.extend(q[np.arange(len(actions)), actions][valid].tolist())
+            last = np.asarray(actions, np.int32)
     for ep in played:
         rows = zip(ep["states"][:-1], ep["allocations"][:-1], ep["actions"][:-1],
                    ep["states"][1:])
@@ -79,6 +96,9 @@ def greedy_moves(run: Path, episodes: int, seed: int) -> dict:
             "popart_scale_per_seed": None if scale is None else np.round(scale, 4).tolist(),
             "episodes": episodes, "returns": [round(ep["return"], 2) for ep in played],
             "moves_closer": closer, "moves_farther": farther, "moves_same_distance": level,
+            "greedy_utility_quantiles": dict(zip(
+                ("min", "q25", "median", "q75", "max"),
+                np.round(np.quantile(chosen_q, [0, 0.25, 0.5, 0.75, 1]), 2).tolist())),
             "action_counts": dict(counts.most_common())}
 
 
