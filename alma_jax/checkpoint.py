@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -20,8 +21,6 @@ def save_checkpoint(path: Path, state: Any, host: dict[str, int]) -> None:
     Multi-host: every process calls this (orbax writes each process's shards); only the
     first process touches the directories and host.json, between barriers.
     """
-    import jax
-
     path = Path(path).resolve()
     tmp = path.with_name(path.name + ".tmp")
     primary, many = jax.process_index() == 0, jax.process_count() > 1

@@ -121,10 +121,10 @@ def save_episodes_gif(episodes: list[dict[str, Any]], path: Path, title: str, ce
     return len(frames)
 
 
-def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None = None,
-             gif_episodes: int = 2, seed: int = 0, cell: int = 24, fps: float = 4.0
-             ) -> dict[str, Any]:
-    """Evaluate the checkpoint of a run directory; returns the printed summary."""
+def load_run(out_dir: str | Path, episodes: int | None = None):
+    """(config, TrainFns, saved {low, high, t_env}, seed-batched greedy policy) of a run
+    directory's checkpoint (the replay buffer is not read). `episodes` overrides
+    `test_episodes`."""
     out_dir = Path(out_dir)
     cfg_path, ckpt = out_dir / "config.json", out_dir / "checkpoint"
     if not cfg_path.exists() or not ckpt.exists():
@@ -137,7 +137,15 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
     abstract = jax.eval_shape(jax.vmap(fns.init), jax.vmap(jax.random.PRNGKey)(run_seeds))
     saved = load_partial(ckpt, {"low": abstract.low, "high": abstract.high,
                                 "t_env": abstract.t_env})
-    policy = jax.vmap(fns.eval_policy)(saved["low"], saved["high"])
+    return cfg, fns, saved, jax.vmap(fns.eval_policy)(saved["low"], saved["high"])
+
+
+def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None = None,
+             gif_episodes: int = 2, seed: int = 0, cell: int = 24, fps: float = 4.0
+             ) -> dict[str, Any]:
+    """Evaluate the checkpoint of a run directory; returns the printed summary."""
+    out_dir = Path(out_dir)
+    cfg, fns, saved, policy = load_run(out_dir, episodes)
     keys = jax.random.split(jax.random.PRNGKey(seed), cfg.num_seeds)
     metrics = jax.device_get(jax.jit(jax.vmap(fns.evaluate_policy))(policy, keys))
     per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in sorted(metrics.items())}

@@ -134,7 +134,7 @@ class Plan:
         return jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.state), tree)
 
-    def per_device(self, fn: Callable, n_args: int) -> Callable:
+    def _per_device(self, fn: Callable, n_args: int) -> Callable:
         """`vmap(fn)` over seeds; under "seeds", a `shard_map` of it over the seed axis.
 
         With GSPMD alone XLA gathers the seed axis for some ops (e.g. the replay sampler's
@@ -150,17 +150,24 @@ class Plan:
         return jax.shard_map(batched, mesh=self.mesh, in_specs=(spec,) * n_args,
                              out_specs=spec, check_vma=False)
 
+    def jitted(self, fns: Any) -> tuple[Callable, Callable, Callable]:
+        """The seed-vmapped `init`, `chunk` (state donated) and `evaluate` as `jax.jit`
+        objects with this plan's shardings (inputs must already carry them; `.lower()`
+        works for ahead-of-time compiles)."""
+        sh = self.state
+        init = jax.jit(self._per_device(fns.init, 1), in_shardings=sh, out_shardings=sh)
+        chunk = jax.jit(self._per_device(fns.chunk, 1), in_shardings=sh,
+                        out_shardings=(sh, sh), donate_argnums=0)
+        evaluate = jax.jit(self._per_device(fns.evaluate, 2), in_shardings=(sh, sh),
+                           out_shardings=sh)
+        return init, chunk, evaluate
+
     def jit(self, fns: Any) -> tuple[Callable, Callable, Callable]:
         """Seed-vmapped `init`, `chunk` (state donated) and `evaluate`, jitted with shardings.
 
         Same call signatures as the single-device versions in `alma_jax.train.run`.
         """
-        sh = self.state
-        init = jax.jit(self.per_device(fns.init, 1), in_shardings=sh, out_shardings=sh)
-        chunk = jax.jit(self.per_device(fns.chunk, 1), in_shardings=sh,
-                        out_shardings=(sh, sh), donate_argnums=0)
-        evaluate = jax.jit(self.per_device(fns.evaluate, 2), in_shardings=(sh, sh),
-                           out_shardings=sh)
+        init, chunk, evaluate = self.jitted(fns)
 
         def init_fn(keys: jax.Array) -> Any:
             return init(self.put(keys))

@@ -40,18 +40,9 @@ MOVE_NAMES = ["stay", "N1", "E1", "S1", "W1", "N2", "E2", "S2", "W2", "extinguis
 
 
 def greedy_moves(run: Path, episodes: int, seed: int) -> dict:
-    from alma_jax.checkpoint import load_partial
-    from alma_jax.config import from_dict
-    from alma_jax.evaluate import play_episodes
-    from alma_jax.trainer import make_train
+    from alma_jax.evaluate import load_run, play_episodes
 
-    cfg = from_dict(json.loads((run / "config.json").read_text()))
-    fns = make_train(cfg)
-    seeds = jnp.arange(cfg.seed, cfg.seed + cfg.num_seeds)
-    abstract = jax.eval_shape(jax.vmap(fns.init), jax.vmap(jax.random.PRNGKey)(seeds))
-    saved = load_partial(run / "checkpoint", {"low": abstract.low, "high": abstract.high,
-                                              "t_env": abstract.t_env})
-    policy = jax.vmap(fns.eval_policy)(saved["low"], saved["high"])
+    cfg, fns, saved, policy = load_run(run)
     first = jax.tree.map(lambda x: x[0], policy)
     played = play_episodes(fns, cfg, first, jax.random.PRNGKey(seed), episodes)
     counts: collections.Counter = collections.Counter()

@@ -71,13 +71,10 @@ def compile_for(fns, n: int) -> tuple[object, object, float]:
         state = jax.eval_shape(jax.vmap(fns.init), seed_keys(0, n))
         chunk = jax.jit(jax.vmap(fns.chunk), donate_argnums=0).lower(state).compile()
         return init, chunk, time.perf_counter() - t0
-    sh = plan.state
-    keys = plan.put(seed_keys(0, n))
-    init_c = jax.jit(plan.per_device(fns.init, 1), in_shardings=sh,
-                     out_shardings=sh).lower(keys).compile()
-    state = plan.abstract(jax.eval_shape(jax.vmap(fns.init), seed_keys(0, n)))
-    chunk = jax.jit(plan.per_device(fns.chunk, 1), in_shardings=sh, out_shardings=(sh, sh),
-                    donate_argnums=0).lower(state).compile()
+    init, chunk, _ = plan.jitted(fns)
+    init_c = init.lower(plan.put(seed_keys(0, n))).compile()
+    chunk = chunk.lower(plan.abstract(jax.eval_shape(jax.vmap(fns.init),
+                                                     seed_keys(0, n)))).compile()
     return (lambda k: init_c(plan.put(k))), chunk, time.perf_counter() - t0
 
 
