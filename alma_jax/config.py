@@ -66,6 +66,8 @@ class Config:
     epsilon_anneal_time: int = 2_000_000
     gamma: float = 0.99
     n_step: int = 1  # value learners: n-step returns (1 = the paper's 1-step targets)
+    popart: bool = True  # value learners: Pop-Art on the low-level mixer (the paper's setting)
+    softmax_mixing_weights: bool = True  # value learners: softmax (paper) or |.| mixer weights
     lr: float = 5e-4
     grad_clip: float = 10.0
     # network sizes
@@ -153,6 +155,10 @@ def _check_learner_options(cfg: Config) -> None:
         if cfg.n_step != 1:
             raise ConfigError(f"n_step={cfg.n_step} applies to low_learner='qmix'; LICA uses "
                               "TD(lambda) (lica.td_lambda), so leave n_step at 1")
+        for key in ("popart", "softmax_mixing_weights"):
+            if not getattr(cfg, key):
+                raise ConfigError(f"{key}=false applies to the QMIX mixer (low_learner='qmix'); "
+                                  "LICA's critic has neither, so leave it true")
         if cfg.subtask_cond == "full_obs":
             raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
                               "not 'full_obs'")

@@ -142,6 +142,8 @@ class Reference:
     def mixed(self, mixer_params, q, r, alloc):
         y, qtot = self.mix(mixer_params, jnp.asarray(q, jnp.float32), r["entities"],
                            r["entity_mask"], r["entity2task_mask"], r["last_action"], alloc)
+        if not self.learner.cfg.popart:  # no affine: Q_tot is the mixer's y
+            qtot = y
         return np.asarray(y), np.asarray(qtot)
 
     def targets(self, state, w, select_with="online", target_alloc="prev", stats="target"):
@@ -373,6 +375,30 @@ def test_update_popart_first_then_loss(setup, window, ref_targets, initialised):
     # targets untouched by the step
     for x, y in zip(jax.tree.leaves(new.target_params), jax.tree.leaves(state.target_params)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_update_without_popart_fits_raw_targets(setup, window, ref_targets):
+    """popart=False: statistics stay uninitialised (target denormalisation is the identity),
+    the loss is the masked MSE of the pre-affine output y against the raw targets Y, and the
+    unused affine gets no gradient."""
+    name, learner, state, _, _, _ = setup
+    off = QMixLearner(dataclasses.replace(learner.cfg, popart=False))
+    fresh = state.replace(target_stats=state.target_stats.replace(initialised=jnp.bool_(False)),
+                          stats=state.stats.replace(initialised=jnp.bool_(False)))
+    ref = Reference(off)
+    Y, M = ref.targets(fresh, window)
+    m = M.astype(np.float64)
+    new, metrics = jax.jit(off.update)(fresh, window)
+    assert not bool(new.stats.initialised)
+    y = ref.pre_affine(fresh.params, window)
+    loss = (m * (y - Y) ** 2).sum() / m.sum()
+    np.testing.assert_allclose(float(metrics["losses/q_loss"]), loss, rtol=1e-4)
+    mixer_old, mixer_new = fresh.params["mixer"]["params"], new.params["mixer"]["params"]
+    for k in ("popart_a", "popart_b"):
+        np.testing.assert_array_equal(mixer_new[k], mixer_old[k])
+    # control: the same step with Pop-Art on gives a different loss (normalised targets)
+    on = jax.jit(learner.update)(fresh, window)[1]["losses/q_loss"]
+    assert abs(float(on) - loss) > 1e-3
 
 
 def _perturb(w, **changes):

@@ -326,6 +326,23 @@ def test_config_inconsistent_methods():
     with pytest.raises(ConfigError, match="n_step"):
         load_config(["n_step=0"])
     assert load_config(["n_step=3"]).n_step == 3
+    with pytest.raises(ConfigError, match="popart=false applies to the QMIX mixer"):
+        load_config(["alg=alma_lica", "popart=false"])
+    with pytest.raises(ConfigError, match="softmax_mixing_weights=false"):
+        load_config(["alg=lica", "softmax_mixing_weights=false"])
+
+
+def test_mixer_options_reach_the_learner():
+    """popart / softmax_mixing_weights (paper: both on) are passed to the QMIX learner."""
+    from alma_jax.trainer import make_train
+
+    for overrides, popart, softmax in (([], True, True),
+                                       (["popart=false", "softmax_mixing_weights=false"],
+                                        False, False)):
+        cfg = load_config(["num_envs=2", "batch_size=2", "buffer_size=4"] + overrides)
+        learner = make_train(cfg).learner
+        assert (learner.cfg.popart, learner.cfg.softmax_mixing_weights) == (popart, softmax)
+        assert learner.mixer.softmax_mixing_weights == softmax
 
 
 def test_cli_config_error_exits_nonzero():

@@ -57,6 +57,9 @@ class QMixConfig:
     # Beyond the paper (which is 1-step, spec 2.6): uncorrected n-step returns inside the
     # window, cut at episode ends, subtask ends and rows whose subtask has no agents.
     n_step: int = 1
+    # Pop-Art on the mixer (spec 2.5; the paper's setting). Off: the mixer's pre-affine output
+    # y is Q_tot and targets stay raw, as in the original's `popart: False`.
+    popart: bool = True
     # REFIL (spec 2.8): loss = (1 - im_lambda) L_Q + im_lambda L_im
     imagine: bool = False
     im_lambda: float = 0.5
@@ -339,8 +342,10 @@ class QMixLearner:
         def row(qq, entities, em, e2t, la, al, wb):
             return self.mix(mixer_params, qq, entities, em, e2t, la, al, wb)
 
-        return jax.vmap(jax.vmap(row))(q, w.entities, w.entity_mask, w.entity2task_mask,
-                                       w.last_action, alloc, w1_blocked)
+        y, qtot = jax.vmap(jax.vmap(row))(q, w.entities, w.entity_mask, w.entity2task_mask,
+                                          w.last_action, alloc, w1_blocked)
+        # Without Pop-Art the affine is unused (zero gradients): Q_tot is y itself.
+        return y, (qtot if self.cfg.popart else y)
 
     # REFIL ------------------------------------------------------------------------------
     def imagined_groups(self, key: jax.Array, w: Window) -> ImaginedGroups:
@@ -488,8 +493,11 @@ class QMixLearner:
         m = mask.astype(jnp.float32)
         n = jnp.maximum(jnp.sum(m), 1.0)
         mixer = state.params["mixer"]["params"]
-        stats, a, b, y_norm = popart_update(state.stats, mixer["popart_a"], mixer["popart_b"],
-                                            y, m)
+        if cfg.popart:
+            stats, a, b, y_norm = popart_update(state.stats, mixer["popart_a"],
+                                                mixer["popart_b"], y, m)
+        else:  # statistics stay uninitialised, so target denormalisation is the identity
+            stats, a, b, y_norm = state.stats, mixer["popart_a"], mixer["popart_b"], y
         params = jax.tree.map(lambda x: x, state.params)
         params["mixer"]["params"] = dict(mixer, popart_a=a, popart_b=b)
         cur = jax.tree.map(lambda x: x[:, :-1], w)

@@ -127,6 +127,14 @@ def _single(name: str, split: str) -> ScenarioTable:
     return _table(name, [agents], [blds], len(agents), len(blds), 7)
 
 
+def _sanity(name: str, split: str) -> ScenarioTable:
+    """One builder, one fast-burn building: the smallest navigation task (not in the paper).
+
+    With `init_fire_chance=0` the building's first fire comes at step 60-80, so the builder
+    must walk to it and build before then; used to check learners, see benchmarks/."""
+    return _table(name, [["B"]], [["F"]], 1, 1, 3)
+
+
 SCENARIO_FAMILIES = {
     "2-5a_2-5b": _family(2, 5),
     "2-8a_2-8b": _family(2, 8),
@@ -140,6 +148,7 @@ SCENARIO_FAMILIES = {
     "2-8a_2-8b_sim_Q3": _sim_family(0.5, 0.75),
     "2-8a_2-8b_sim_Q4": _sim_family(0.75, 1.0),
     "single_scen": _single,
+    "1a_1b": _sanity,
 }
 
 
