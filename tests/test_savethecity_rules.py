@@ -62,6 +62,13 @@ def test_scenario_table_is_the_papers():
     single = get_scenarios("single_scen")
     assert single.teams == ("FFFBBBGG",) and list(single.bld_types[0]) == [0, 0, 0, 0, 1, 1, 1, 1]
 
+    sanity = get_scenarios("1a_1b")  # the one-agent navigation check used by benchmarks/
+    assert sanity.teams == ("B",) and list(sanity.bld_types[0]) == [0]
+    env = envs_jax.make("savethecity", scenario="1a_1b", game={"init_fire_chance": 0.0})
+    obs, state = env.reset(jax.random.PRNGKey(0))
+    assert (env.n_agents, env.n_tasks) == (1, 1)
+    assert float(state.fire[0]) == 0.0 and int(state.ttnf[0]) >= 60  # fast burn: 60..80
+
 
 def test_spawn_and_lattice_cells():
     assert {tuple(c) for c in spawn_candidates(2, 3)} == {(7, 8), (8, 7), (8, 8)}
