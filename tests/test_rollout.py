@@ -98,3 +98,35 @@ def test_decision_timing_and_held_allocation(run, env):
                               ep.entity_mask[e, t], ep.entity2task_mask[e, t], ep.task_mask[e, t])
             expected = alloc_to_index(np.asarray(heuristic_allocation(obs)))
             np.testing.assert_array_equal(alloc[e, t], expected)
+
+
+def test_sampled_windows_line_states_actions_and_rewards_up():
+    """Through the trainer's rollout, buffer and window sampling: on the one-agent scenario
+    (no collisions) the position at row t+1 is the position at row t moved by the action of
+    row t, last_action(t+1) = action(t), and every taken action was available at row t."""
+    import dataclasses
+
+    from alma_jax import buffer as bf
+    from alma_jax.config import load_config
+    from alma_jax.trainer import make_train
+    from envs_jax.savethecity.env import MOVE_DELTA
+    from envs_jax.savethecity.scenarios import MAP_SIZE, N_ENTITY_TYPES
+
+    cfg = load_config(["alg=heuristic", "env_args.scenario=1a_1b", "embed_dim=8", "hyper_dim=8",
+                       "hidden_dim=8", "mix_dim=4", "n_heads=2", "num_envs=4",
+                       "rollouts_per_chunk=2", "buffer_size=8", "batch_size=4", "progress=false"])
+    fns = make_train(dataclasses.replace(cfg, updates_per_rollout=0))
+    state, _ = jax.jit(fns.chunk)(fns.init(jax.random.PRNGKey(0)))
+    w = jax.device_get(bf.sample_windows(state.buffer, jax.random.PRNGKey(1), 4, 64))
+    x0 = N_ENTITY_TYPES
+    pos = np.stack([w.entities[..., 0, x0:x0 + MAP_SIZE].argmax(-1),
+                    w.entities[..., 0, x0 + MAP_SIZE:x0 + 2 * MAP_SIZE].argmax(-1)], -1)
+    m = np.asarray(bf.loss_mask(w))
+    pairs = m[:, :-1] & ~w.reset[:, :-1] & w.filled[:, 1:]
+    assert pairs.sum() > 100
+    b, t = np.nonzero(pairs)
+    a = w.actions[b, t, 0]
+    np.testing.assert_array_equal(pos[b, t] + MOVE_DELTA[a], pos[b, t + 1])
+    np.testing.assert_array_equal(w.last_action[b, t + 1, 0], a)
+    bt = np.nonzero(m)
+    assert (w.avail_actions[bt][:, 0][np.arange(len(bt[0])), w.actions[bt][:, 0]] >= 1).all()
