@@ -34,23 +34,13 @@ from alma_jax.avail import parse_avail  # noqa: E402
 from alma_jax.config import load_config  # noqa: E402
 from alma_jax.learners.qmix import QMixLearner  # noqa: E402
 from alma_jax.trainer import make_train  # noqa: E402
-from envs_jax.savethecity.env import MOVE_DELTA  # noqa: E402
-from envs_jax.savethecity.scenarios import MAP_SIZE, N_ENTITY_TYPES  # noqa: E402
-
-X0 = N_ENTITY_TYPES  # entity features: type one-hot, then x one-hot, then y one-hot (spec 4)
-
-
-def positions(entities: jax.Array) -> jax.Array:
-    """[..., NE, F] -> [..., NE, 2] cell coordinates from the one-hot features."""
-    x = jnp.argmax(entities[..., X0:X0 + MAP_SIZE], -1)
-    y = jnp.argmax(entities[..., X0 + MAP_SIZE:X0 + 2 * MAP_SIZE], -1)
-    return jnp.stack([x, y], -1)
+from envs_jax.savethecity.env import MOVE_DELTA, decode_entities  # noqa: E402
 
 
 def closer(w: bf.Window, actions: jax.Array, alloc: jax.Array) -> jax.Array:
     """[B, T, NA] 1.0 where the agent's action moves it closer to its allocated building."""
     na = actions.shape[-1]
-    pos = positions(w.entities)
+    pos = decode_entities(w.entities)[1]
     bld = pos[..., na:, :]  # non-agent entities are the buildings, task k = building k
     target = jnp.einsum("btak,btkd->btad", alloc.astype(jnp.int32), bld[..., : alloc.shape[-1], :])
     agent = pos[..., :na, :]

@@ -142,8 +142,6 @@ class Reference:
     def mixed(self, mixer_params, q, r, alloc):
         y, qtot = self.mix(mixer_params, jnp.asarray(q, jnp.float32), r["entities"],
                            r["entity_mask"], r["entity2task_mask"], r["last_action"], alloc)
-        if not self.learner.cfg.popart:  # no affine: Q_tot is the mixer's y
-            qtot = y
         return np.asarray(y), np.asarray(qtot)
 
     def targets(self, state, w, select_with="online", target_alloc="prev", stats="target"):

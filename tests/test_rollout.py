@@ -109,8 +109,7 @@ def test_sampled_windows_line_states_actions_and_rewards_up():
     from alma_jax import buffer as bf
     from alma_jax.config import load_config
     from alma_jax.trainer import make_train
-    from envs_jax.savethecity.env import MOVE_DELTA
-    from envs_jax.savethecity.scenarios import MAP_SIZE, N_ENTITY_TYPES
+    from envs_jax.savethecity.env import MOVE_DELTA, decode_entities
 
     cfg = load_config(["alg=heuristic", "env_args.scenario=1a_1b", "embed_dim=8", "hyper_dim=8",
                        "hidden_dim=8", "mix_dim=4", "n_heads=2", "num_envs=4",
@@ -118,9 +117,7 @@ def test_sampled_windows_line_states_actions_and_rewards_up():
     fns = make_train(dataclasses.replace(cfg, updates_per_rollout=0))
     state, _ = jax.jit(fns.chunk)(fns.init(jax.random.PRNGKey(0)))
     w = jax.device_get(bf.sample_windows(state.buffer, jax.random.PRNGKey(1), 4, 64))
-    x0 = N_ENTITY_TYPES
-    pos = np.stack([w.entities[..., 0, x0:x0 + MAP_SIZE].argmax(-1),
-                    w.entities[..., 0, x0 + MAP_SIZE:x0 + 2 * MAP_SIZE].argmax(-1)], -1)
+    pos = np.asarray(decode_entities(w.entities)[1][..., 0, :])  # the agent's cell
     m = np.asarray(bf.loss_mask(w))
     pairs = m[:, :-1] & ~w.reset[:, :-1] & w.filled[:, 1:]
     assert pairs.sum() > 100

@@ -70,6 +70,22 @@ def test_scenario_table_is_the_papers():
     assert float(state.fire[0]) == 0.0 and int(state.ttnf[0]) >= 60  # fast burn: 60..80
 
 
+def test_decode_entities_inverts_the_features():
+    """Types and cells read back from observations equal the state's, for a batch of resets."""
+    from envs_jax.savethecity.env import decode_entities
+
+    env = envs_jax.make("savethecity")
+    obs, state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(3), 16))
+    etype, pos = decode_entities(obs.entities)  # [16, E], [16, E, 2]
+    n_agents = env.n_agents
+    for e in range(16):
+        a, b = np.asarray(state.agent_valid[e]), np.asarray(state.bld_valid[e])
+        np.testing.assert_array_equal(pos[e, :n_agents][a], state.agent_pos[e][a])
+        np.testing.assert_array_equal(etype[e, :n_agents][a], state.agent_type[e][a])
+        np.testing.assert_array_equal(pos[e, n_agents:][b], state.bld_pos[e][b])
+        np.testing.assert_array_equal(etype[e, n_agents:][b], state.bld_type[e][b])
+
+
 def test_spawn_and_lattice_cells():
     assert {tuple(c) for c in spawn_candidates(2, 3)} == {(7, 8), (8, 7), (8, 8)}
     assert {tuple(c) for c in spawn_candidates(3, 3)} == {(7, 8), (8, 7), (8, 8)}

@@ -203,10 +203,12 @@ class QMixLearner:
     def mix(self, mixer_params, q, entities, entity_mask, entity2task_mask, last_action, alloc,
             w1_blocked=None):
         """(y [K], Q_tot [K]) of one row from chosen utilities q [NA] (or [2·NA] with REFIL's
-        first-layer view masks w1_blocked [2, NA, NE])."""
+        first-layer view masks w1_blocked [2, NA, NE]). Without Pop-Art, Q_tot is y (the
+        affine stays in the parameter tree, unused, so it gets zero gradients)."""
         x = entity_inputs(entities, index_to_onehot(last_action, self.cfg.n_actions))
         member = self._member(entity2task_mask, alloc)
-        return self.mixer.apply(mixer_params, q, x, entity_mask, member, w1_blocked)
+        y, qtot = self.mixer.apply(mixer_params, q, x, entity_mask, member, w1_blocked)
+        return y, (qtot if self.cfg.popart else y)
 
     def _copa_inputs(self, entity_mask, entity2task_mask, alloc):
         """COPA attention mask [NA, NE] and TaskEmbed membership [NE, NT] (None if unused)."""
@@ -342,10 +344,8 @@ class QMixLearner:
         def row(qq, entities, em, e2t, la, al, wb):
             return self.mix(mixer_params, qq, entities, em, e2t, la, al, wb)
 
-        y, qtot = jax.vmap(jax.vmap(row))(q, w.entities, w.entity_mask, w.entity2task_mask,
-                                          w.last_action, alloc, w1_blocked)
-        # Without Pop-Art the affine is unused (zero gradients): Q_tot is y itself.
-        return y, (qtot if self.cfg.popart else y)
+        return jax.vmap(jax.vmap(row))(q, w.entities, w.entity_mask, w.entity2task_mask,
+                                       w.last_action, alloc, w1_blocked)
 
     # REFIL ------------------------------------------------------------------------------
     def imagined_groups(self, key: jax.Array, w: Window) -> ImaginedGroups:

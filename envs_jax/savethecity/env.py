@@ -715,6 +715,16 @@ def _heuristic(agent_pos, agent_type, agent_valid, bld_pos, active, on_fire) -> 
     return onehot & jnp.any(active)[None] & agent_valid[:, None]
 
 
+def decode_entities(entities: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Entity features [..., E, F] -> (type ids [..., E], cell (x, y) [..., E, 2]) read from
+    the one-hot blocks (section 4); the inverse of the feature layout for these two fields."""
+    base = sc.N_ENTITY_TYPES
+    etype = jnp.argmax(entities[..., :base], -1)
+    x = jnp.argmax(entities[..., base : base + sc.MAP_SIZE], -1)
+    y = jnp.argmax(entities[..., base + sc.MAP_SIZE : base + 2 * sc.MAP_SIZE], -1)
+    return etype, jnp.stack([x, y], -1)
+
+
 def heuristic_from_state(state: EnvState) -> jax.Array:
     active = state.bld_valid & ~state.tasks_complete
     return _heuristic(
@@ -734,11 +744,7 @@ def heuristic_allocation(obs_or_state: Observation | EnvState | Any) -> jax.Arra
     obs = obs_or_state
     A = obs.avail_actions.shape[0]
     ent = obs.entities
-    etype = jnp.argmax(ent[:, : sc.N_ENTITY_TYPES], -1)
-    base = sc.N_ENTITY_TYPES
-    x = jnp.argmax(ent[:, base : base + sc.MAP_SIZE], -1)
-    y = jnp.argmax(ent[:, base + sc.MAP_SIZE : base + 2 * sc.MAP_SIZE], -1)
-    pos = jnp.stack([x, y], -1)
+    etype, pos = decode_entities(ent)
     present = ~obs.entity_mask
     active = present[A:] & ~obs.task_mask
     on_fire = ent[A:, ENTITY_DIM - 3] > 0

@@ -23,18 +23,9 @@ from envs_jax.savethecity.env import (
     FREEZE,
     MOVE_DELTA,
     STAY,
+    decode_entities,
     heuristic_allocation,
 )
-
-
-def _decode(obs: Observation) -> tuple[jax.Array, jax.Array]:
-    """Entity type ids [E] and (x, y) positions [E, 2] from the one-hot entity features."""
-    ent = obs.entities
-    base = sc.N_ENTITY_TYPES
-    etype = jnp.argmax(ent[:, :base], -1)
-    x = jnp.argmax(ent[:, base : base + sc.MAP_SIZE], -1)
-    y = jnp.argmax(ent[:, base + sc.MAP_SIZE : base + 2 * sc.MAP_SIZE], -1)
-    return etype, jnp.stack([x, y], -1)
 
 
 def allocation_index(allocation: jax.Array) -> jax.Array:
@@ -56,7 +47,7 @@ def greedy_actions(key: jax.Array, obs: Observation, allocation: jax.Array) -> j
     """
     A = obs.avail_actions.shape[0]
     avail = obs.avail_actions
-    etype, pos = _decode(obs)
+    etype, pos = decode_entities(obs.entities)
     a_type, a_pos, b_pos = etype[:A], pos[:A], pos[A:]
     target = allocation_index(allocation)
     has_target = target >= 0
