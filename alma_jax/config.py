@@ -68,6 +68,8 @@ class Config:
     n_step: int = 1  # value learners: n-step returns (1 = the paper's 1-step targets)
     popart: bool = True  # value learners: Pop-Art on the low-level mixer (the paper's setting)
     softmax_mixing_weights: bool = True  # value learners: softmax (paper) or |.| mixer weights
+    mixer: str = "qmix"  # value learners: 'qmix' (paper) | 'vdn' (sum; diagnostic baseline)
+    optimizer: str = "rmsprop"  # value learners: 'rmsprop' (paper) | 'adam'
     lr: float = 5e-4
     grad_clip: float = 10.0
     # network sizes
@@ -95,6 +97,8 @@ ALLOWED: dict[str, tuple] = {
     "subtask_cond": (None, "mask", "full_obs"),
     "allocation": (None, "heuristic", "random", "aql"),
     "low_learner": ("qmix", "lica"),
+    "mixer": ("qmix", "vdn"),
+    "optimizer": ("rmsprop", "adam"),
 }
 POSITIVE = {
     "num_seeds", "num_envs", "total_env_steps", "updates_per_rollout", "batch_size",
@@ -159,6 +163,11 @@ def _check_learner_options(cfg: Config) -> None:
             if not getattr(cfg, key):
                 raise ConfigError(f"{key}=false applies to the QMIX mixer (low_learner='qmix'); "
                                   "LICA's critic has neither, so leave it true")
+        for key, default in (("mixer", "qmix"), ("optimizer", "rmsprop")):
+            if getattr(cfg, key) != default:
+                raise ConfigError(
+                    f"{key}={getattr(cfg, key)!r} applies to low_learner='qmix'; LICA has its "
+                    f"own critic and optimisers (lica.*), so leave {key} at {default!r}")
         if cfg.subtask_cond == "full_obs":
             raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
                               "not 'full_obs'")

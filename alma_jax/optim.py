@@ -5,11 +5,19 @@ from __future__ import annotations
 import optax
 
 
+OPTIMIZERS = ("rmsprop", "adam")
+
+
 def make_optimizer(
-    lr: float = 5e-4, decay: float = 0.99, eps: float = 1e-5, clip: float = 10.0
+    lr: float = 5e-4, decay: float = 0.99, eps: float = 1e-5, clip: float = 10.0,
+    kind: str = "rmsprop",
 ) -> optax.GradientTransformation:
-    """clip_by_global_norm(clip) then RMSProp with eps outside the square root, no momentum."""
-    return optax.chain(
-        optax.clip_by_global_norm(clip),
-        optax.rmsprop(lr, decay=decay, eps=eps, eps_in_sqrt=False),
-    )
+    """clip_by_global_norm(clip) then RMSProp with eps outside the square root, no momentum
+    (the paper's), or with kind='adam' PyTorch-default Adam (betas 0.9/0.999, eps 1e-8)."""
+    if kind == "rmsprop":
+        step = optax.rmsprop(lr, decay=decay, eps=eps, eps_in_sqrt=False)
+    elif kind == "adam":
+        step = optax.adam(lr)
+    else:
+        raise ValueError(f"optimizer kind {kind!r}; choose one of {list(OPTIMIZERS)}")
+    return optax.chain(optax.clip_by_global_norm(clip), step)

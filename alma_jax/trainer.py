@@ -92,7 +92,7 @@ def make_low_learner(cfg: Config, env) -> Any:
         n_agents=env.n_agents, n_actions=env.n_actions, n_tasks=env.n_tasks,
         subtask_cond=cfg.subtask_cond, gamma=cfg.gamma, lr=cfg.lr, grad_clip=cfg.grad_clip,
         n_step=cfg.n_step, popart=cfg.popart, softmax_mixing_weights=cfg.softmax_mixing_weights,
-        embed_dim=cfg.embed_dim, n_heads=cfg.n_heads,
+        mixer=cfg.mixer, optimizer=cfg.optimizer, embed_dim=cfg.embed_dim, n_heads=cfg.n_heads,
         hidden_dim=cfg.hidden_dim, mix_dim=cfg.mix_dim, hyper_dim=cfg.hyper_dim,
         **dict(cfg.refil), **dict(cfg.copa),
     ))

@@ -515,3 +515,48 @@ def test_act_epsilon_mixes(setup, acting):
     frac = np.mean(a[:, 0] == best)
     assert abs(frac - p) < 5 * np.sqrt(p * (1 - p) / N_SAMPLES), frac
     assert set(np.unique(a[:, 0]).tolist()) <= avail0
+
+
+def test_vdn_mixer_sums_each_subtasks_utilities(setup, window):
+    """mixer='vdn' (diagnostic baseline): y is the sum of the chosen utilities of each group
+    (all agents flat, the subtask's members in 'mask' mode), with no hypernetworks at all."""
+    name, learner, _, ref, _, _ = setup
+    vdn = QMixLearner(dataclasses.replace(learner.cfg, mixer="vdn", popart=False))
+    state = vdn.init(jax.random.PRNGKey(3), jax.tree.map(lambda x: x[0, 0], window))
+    assert set(state.params["mixer"]["params"]) == {"popart_a", "popart_b"}
+    mix = jax.jit(vdn.mix)
+    for b, t in [(0, 0), (0, 1), (1, 3)]:
+        r = ref.row(window, b, t)
+        alloc = ref.alloc(r)
+        q = np.random.default_rng(b * T + t).normal(size=NA).astype(np.float32)
+        y, qtot = mix(state.params["mixer"], q, r["entities"], r["entity_mask"],
+                      r["entity2task_mask"], r["last_action"], alloc)
+        groups = alloc.astype(np.float32) if name == "mask" else np.ones((NA, 1), np.float32)
+        np.testing.assert_allclose(np.asarray(y), groups.T @ q, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(qtot), np.asarray(y))  # popart=False
+    new, metrics = jax.jit(vdn.update)(state, window)
+    assert np.isfinite(float(metrics["losses/q_loss"]))
+    moved = jax.tree.map(lambda a, b_: float(jnp.abs(a - b_).max()), new.params["agent"],
+                         state.params["agent"])
+    assert max(jax.tree.leaves(moved)) > 0.0
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop"])
+def test_optimizer_option_first_step_size(setup, window, kind):
+    """The first step of Adam moves each parameter by lr (times sign(g)); PyTorch-convention
+    RMSProp (decay 0.99, eps 1e-5 outside the root) by lr·|g|/(0.1·|g| + eps) < 10·lr, close
+    to 10·lr for the largest gradients."""
+    _, learner, state, _, _, _ = setup
+    lrn = QMixLearner(dataclasses.replace(learner.cfg, optimizer=kind, popart=False, lr=1e-3))
+    fresh = state.replace(opt_state=lrn.optimizer.init(state.params))
+    new, _ = jax.jit(lrn.update)(fresh, window)
+    step = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
+        jax.tree.leaves(new.params["agent"]), jax.tree.leaves(fresh.params["agent"]))])
+    step = step[step > 0]
+    assert step.size > 100
+    step = step / 1e-3
+    if kind == "adam":
+        np.testing.assert_allclose(np.median(step), 1.0, rtol=0.01)
+        assert step.max() < 1.0 + 1e-3
+    else:
+        assert 9.0 < step.max() < 10.0 + 1e-3 and np.median(step) > 2.0

@@ -330,19 +330,27 @@ def test_config_inconsistent_methods():
         load_config(["alg=alma_lica", "popart=false"])
     with pytest.raises(ConfigError, match="softmax_mixing_weights=false"):
         load_config(["alg=lica", "softmax_mixing_weights=false"])
+    with pytest.raises(ConfigError, match="mixer='vdn' applies to low_learner='qmix'"):
+        load_config(["alg=lica", "mixer=vdn"])
+    with pytest.raises(ConfigError, match="optimizer='adam' applies to low_learner='qmix'"):
+        load_config(["alg=alma_lica", "optimizer=adam"])
+    with pytest.raises(ConfigError, match=r"mixer='sum' is not allowed.*'qmix', 'vdn'"):
+        load_config(["mixer=sum"])
 
 
 def test_mixer_options_reach_the_learner():
-    """popart / softmax_mixing_weights (paper: both on) are passed to the QMIX learner."""
+    """popart / softmax_mixing_weights / mixer / optimizer (paper: on, on, qmix, rmsprop)
+    are passed to the QMIX learner."""
     from alma_jax.trainer import make_train
 
-    for overrides, popart, softmax in (([], True, True),
-                                       (["popart=false", "softmax_mixing_weights=false"],
-                                        False, False)):
+    off = ["popart=false", "softmax_mixing_weights=false", "mixer=vdn", "optimizer=adam"]
+    for overrides, want in (([], (True, True, "qmix", "rmsprop")),
+                            (off, (False, False, "vdn", "adam"))):
         cfg = load_config(["num_envs=2", "batch_size=2", "buffer_size=4"] + overrides)
         learner = make_train(cfg).learner
-        assert (learner.cfg.popart, learner.cfg.softmax_mixing_weights) == (popart, softmax)
-        assert learner.mixer.softmax_mixing_weights == softmax
+        c = learner.cfg
+        assert (c.popart, c.softmax_mixing_weights, c.mixer, c.optimizer) == want
+        assert (learner.mixer.softmax_mixing_weights, learner.mixer.mixing) == want[1:3]
 
 
 def test_cli_config_error_exits_nonzero():

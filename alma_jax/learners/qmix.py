@@ -28,8 +28,8 @@ from alma_jax.buffer import Window, index_to_onehot, loss_mask, stored_alloc, su
 from alma_jax.nn.agent import EntityAttentionAgent, entity_inputs
 from alma_jax.nn.attention import both_active_block, group_block, membership
 from alma_jax.nn.copa import CopaCoach, CopaRecognition, sample_strategy, vi_terms
-from alma_jax.nn.mixers import FlexQMixer
-from alma_jax.optim import make_optimizer
+from alma_jax.nn.mixers import MIXINGS, FlexQMixer
+from alma_jax.optim import OPTIMIZERS, make_optimizer
 from alma_jax.popart import PopArtStats, denormalise, popart_init, popart_update
 
 NEG = -9_999_999.0  # the original's value for unavailable actions in the greedy target
@@ -53,6 +53,8 @@ class QMixConfig:
     mix_dim: int = 32
     hyper_dim: int = 128
     softmax_mixing_weights: bool = True
+    mixer: str = "qmix"  # 'qmix' (paper) | 'vdn' (sum of utilities: a diagnostic baseline)
+    optimizer: str = "rmsprop"  # 'rmsprop' (paper, spec 2.10) | 'adam'
     dq_select_with_next_alloc: bool = True  # F3: replicate the original
     # Beyond the paper (which is 1-step, spec 2.6): uncorrected n-step returns inside the
     # window, cut at episode ends, subtask ends and rows whose subtask has no agents.
@@ -73,6 +75,11 @@ class QMixConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.im_lambda <= 1.0:
             raise ValueError(f"im_lambda must lie in [0, 1], got {self.im_lambda}")
+        if self.mixer not in MIXINGS:
+            raise ValueError(f"mixer must be one of {list(MIXINGS)}, got {self.mixer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {self.n_step}")
         if self.copa_vi_lambda < 0.0:
@@ -172,9 +179,9 @@ class QMixLearner:
         )
         self.mixer = FlexQMixer(
             cfg.n_agents, cfg.mix_dim, cfg.hyper_dim, cfg.n_heads, subtask_cond=cfg.subtask_cond,
-            softmax_mixing_weights=cfg.softmax_mixing_weights,
+            softmax_mixing_weights=cfg.softmax_mixing_weights, mixing=cfg.mixer,
         )
-        self.optimizer = make_optimizer(lr=cfg.lr, clip=cfg.grad_clip)
+        self.optimizer = make_optimizer(lr=cfg.lr, clip=cfg.grad_clip, kind=cfg.optimizer)
         # mask_copa only applies with an allocation (spec 5.4): groups come from the mask then.
         self._copa_group_mask = cfg.mask_copa and cfg.subtask_cond is not None
         copa_sizes = dict(n_agents=cfg.n_agents, embed_dim=cfg.embed_dim, n_heads=cfg.n_heads,

@@ -14,6 +14,8 @@ from alma_jax.nn.agent import SUBTASK_CONDS
 from alma_jax.nn.attention import MaskedMHA, both_active_block, group_block
 from alma_jax.nn.init import dense
 
+MIXINGS = ("qmix", "vdn")
+
 
 class AttentionHyperNet(nn.Module):
     """One attention hypernetwork: relu(Dense) -> masked MHA over agent queries -> Dense."""
@@ -72,6 +74,9 @@ class FlexQMixer(nn.Module):
     n_heads: int = 4
     subtask_cond: str | None = None  # mixer_subtask_cond: None | 'mask' | 'full_obs'
     softmax_mixing_weights: bool = True
+    # 'qmix' (the paper) or 'vdn': y = the sum of the group's utilities, no hypernetworks
+    # (a diagnostic baseline: it isolates the agents' learning from the mixer's).
+    mixing: str = "qmix"
 
     @nn.compact
     def __call__(
@@ -89,6 +94,7 @@ class FlexQMixer(nn.Module):
         view of `q` (REFIL's imagined groups); `b1`, `wF`, `V` always use the mixer mask.
         """
         assert self.subtask_cond in SUBTASK_CONDS, f"unknown subtask_cond {self.subtask_cond!r}"
+        assert self.mixing in MIXINGS, f"unknown mixing {self.mixing!r}"
         na = self.n_agents
         active = ~entity_mask.astype(bool)
         if self.subtask_cond is None:
@@ -104,21 +110,27 @@ class FlexQMixer(nn.Module):
         else:
             blocked = both_active_block(entity_mask, na)
 
+        k = groups.shape[1]
+        if self.mixing == "vdn":
+            views = jnp.tile(groups, (q.shape[0] // na, 1))  # [M, K]
+            y = views.T @ q
+        else:
+            y = self._qmix(q, x, groups, blocked, active[:na], w1_blocked)
+        # Pop-Art affine, one pair per output; rescaled in place by `popart_update`.
+        popart_a = self.param("popart_a", nn.initializers.ones, (k,))
+        popart_b = self.param("popart_b", nn.initializers.zeros, (k,))
+        return y, popart_a * y + popart_b
+
+    def _qmix(self, q, x, groups, blocked, active, w1_blocked):
         def hyper(name: str) -> AttentionHyperNet:
             return AttentionHyperNet(self.hyper_dim, self.mix_dim, self.n_heads, name=name)
 
         hyper_w1 = hyper("hyper_w1")
         if w1_blocked is None:
-            u_w1 = hyper_w1(x, blocked, active[:na])
+            u_w1 = hyper_w1(x, blocked, active)
         else:
-            u_w1 = jnp.concatenate([hyper_w1(x, m, active[:na]) for m in w1_blocked], axis=0)
-        u_b1 = hyper("hyper_b1")(x, blocked, active[:na])
-        u_wf = hyper("hyper_wf")(x, blocked, active[:na])
-        u_v = hyper("hyper_v")(x, blocked, active[:na])
-        y = mix(q, u_w1, u_b1, u_wf, u_v, groups, self.softmax_mixing_weights)
-
-        # Pop-Art affine, one pair per output; rescaled in place by `popart_update`.
-        k = groups.shape[1]
-        popart_a = self.param("popart_a", nn.initializers.ones, (k,))
-        popart_b = self.param("popart_b", nn.initializers.zeros, (k,))
-        return y, popart_a * y + popart_b
+            u_w1 = jnp.concatenate([hyper_w1(x, m, active) for m in w1_blocked], axis=0)
+        u_b1 = hyper("hyper_b1")(x, blocked, active)
+        u_wf = hyper("hyper_wf")(x, blocked, active)
+        u_v = hyper("hyper_v")(x, blocked, active)
+        return mix(q, u_w1, u_b1, u_wf, u_v, groups, self.softmax_mixing_weights)
