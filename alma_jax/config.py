@@ -69,7 +69,7 @@ class Config:
     popart: bool = True  # value learners: Pop-Art on the low-level mixer (the paper's setting)
     softmax_mixing_weights: bool = True  # value learners: softmax (paper) or |.| mixer weights
     mixer: str = "qmix"  # value learners: 'qmix' (paper) | 'vdn' (sum; diagnostic baseline)
-    optimizer: str = "rmsprop"  # value learners: 'rmsprop' (paper) | 'adam'
+    optimizer: str = "rmsprop"  # value learners (QMIX, ALMA's allocator): 'rmsprop' | 'adam'
     lr: float = 5e-4
     grad_clip: float = 10.0
     # network sizes
@@ -163,11 +163,14 @@ def _check_learner_options(cfg: Config) -> None:
             if not getattr(cfg, key):
                 raise ConfigError(f"{key}=false applies to the QMIX mixer (low_learner='qmix'); "
                                   "LICA's critic has neither, so leave it true")
-        for key, default in (("mixer", "qmix"), ("optimizer", "rmsprop")):
-            if getattr(cfg, key) != default:
-                raise ConfigError(
-                    f"{key}={getattr(cfg, key)!r} applies to low_learner='qmix'; LICA has its "
-                    f"own critic and optimisers (lica.*), so leave {key} at {default!r}")
+        if cfg.mixer != "qmix":
+            raise ConfigError(f"mixer={cfg.mixer!r} applies to low_learner='qmix'; LICA has its "
+                              "own critic (lica.*), so leave mixer at 'qmix'")
+        if cfg.optimizer != "rmsprop" and cfg.allocation != "aql":
+            raise ConfigError(
+                f"optimizer={cfg.optimizer!r} applies to the value learners (low_learner='qmix' "
+                "and ALMA's allocator); LICA has its own optimisers (lica.*), so leave "
+                "optimizer at 'rmsprop' here")
         if cfg.subtask_cond == "full_obs":
             raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
                               "not 'full_obs'")

@@ -117,7 +117,8 @@ def make_high_learner(cfg: Config, env) -> Any:
     return AQLLearner(AQLConfig(
         n_agents=env.n_agents, n_tasks=env.n_tasks, entity_dim=env.entity_dim,
         embed_dim=cfg.embed_dim, n_heads=cfg.n_heads, gamma=cfg.gamma, lr=cfg.lr,
-        grad_clip=cfg.grad_clip, action_length=cfg.action_length, **dict(cfg.aql),
+        grad_clip=cfg.grad_clip, optimizer=cfg.optimizer, action_length=cfg.action_length,
+        **dict(cfg.aql),
     ))
 
 

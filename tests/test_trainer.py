@@ -332,8 +332,9 @@ def test_config_inconsistent_methods():
         load_config(["alg=lica", "softmax_mixing_weights=false"])
     with pytest.raises(ConfigError, match="mixer='vdn' applies to low_learner='qmix'"):
         load_config(["alg=lica", "mixer=vdn"])
-    with pytest.raises(ConfigError, match="optimizer='adam' applies to low_learner='qmix'"):
-        load_config(["alg=alma_lica", "optimizer=adam"])
+    with pytest.raises(ConfigError, match="optimizer='adam' applies to the value learners"):
+        load_config(["alg=lica", "optimizer=adam"])
+    load_config(["alg=alma_lica", "optimizer=adam"])  # ALMA's allocator uses it
     with pytest.raises(ConfigError, match=r"mixer='sum' is not allowed.*'qmix', 'vdn'"):
         load_config(["mixer=sum"])
 
@@ -351,6 +352,9 @@ def test_mixer_options_reach_the_learner():
         c = learner.cfg
         assert (c.popart, c.softmax_mixing_weights, c.mixer, c.optimizer) == want
         assert (learner.mixer.softmax_mixing_weights, learner.mixer.mixing) == want[1:3]
+    high = make_train(load_config(["alg=alma", "num_envs=2", "batch_size=2", "buffer_size=4",
+                                   "optimizer=adam"])).high_learner
+    assert high.cfg.optimizer == "adam"
 
 
 def test_cli_config_error_exits_nonzero():

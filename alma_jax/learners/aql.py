@@ -67,6 +67,7 @@ class AQLConfig:
     gamma: float = 0.99
     lr: float = 5e-4
     grad_clip: float = 10.0
+    optimizer: str = "rmsprop"  # 'rmsprop' (paper) | 'adam', for both networks
     entropy_coef: float = 0.01
     decay_old: int = 150000
     max_bs: int = 400
@@ -170,7 +171,7 @@ class AQLLearner:
         )
         self.critic = AllocCritic(cfg.n_agents, cfg.embed_dim, cfg.n_heads, cfg.n_extra_tasks,
                                   cfg.count_norm)
-        self.optimizer = make_optimizer(lr=cfg.lr, clip=cfg.grad_clip)
+        self.optimizer = make_optimizer(lr=cfg.lr, clip=cfg.grad_clip, kind=cfg.optimizer)
 
     # ------------------------------------------------------------------------ state
     def init(self, key: jax.Array, obs: Observation) -> HighState:
