@@ -15,6 +15,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 ALGS = ("aqmix", "heuristic", "random_alloc", "alma", "alma_nomask", "refil", "copa", "lica",
         "alma_lica")
+RECIPES = ("cpu",)  # configs/recipe/<name>.yaml: named bundles of overrides
 ENVS = ("savethecity", "traffic_junction", "host_savethecity", "host_traffic_junction", "smac",
         "sc2multiarmy")
 
@@ -240,7 +241,7 @@ def load_config(overrides: list[str] | None = None) -> Config:
     overrides = [("env_args." + o[4:]) if o.startswith("env.") else
                  ("+env_args." + o[5:]) if o.startswith("+env.") else o
                  for o in (overrides or [])]
-    for group, allowed in (("env", ENVS), ("alg", ALGS)):
+    for group, allowed in (("env", ENVS), ("alg", ALGS), ("recipe", RECIPES)):
         for o in overrides:
             if o.startswith(f"{group}=") and o.split("=", 1)[1] not in allowed:
                 raise ConfigError(f"{o!r}: {group} must be one of {list(allowed)}")

@@ -316,6 +316,25 @@ def test_config_errors_name_key_and_allowed_values(override, named, allowed):
         assert a in msg, (a, msg)
 
 
+# The README's CPU learning check, spelled out key by key.
+CPU_RECIPE = ["embed_dim=32", "hyper_dim=32", "hidden_dim=32", "mix_dim=16",
+              "epsilon_anneal_time=300000", "num_envs=32", "updates_per_rollout=16",
+              "batch_size=16", "n_step=3", "optimizer=adam", "lr=0.001",
+              "softmax_mixing_weights=false", "popart=false"]
+
+
+def test_recipe_cpu_is_the_learning_check_overrides():
+    assert load_config(["recipe=cpu"]) == load_config(CPU_RECIPE)
+    assert load_config(["alg=alma", "recipe=cpu"]) == load_config(["alg=alma", *CPU_RECIPE])
+    assert load_config(["recipe=cpu"]) != load_config([])
+    # the command line still wins over the recipe
+    assert load_config(["recipe=cpu", "lr=0.0005"]).lr == 0.0005
+    with pytest.raises(ConfigError, match=r"recipe must be one of \['cpu'\]"):
+        load_config(["recipe=gpu"])
+    with pytest.raises(ConfigError, match="n_step=3 applies to low_learner='qmix'"):
+        load_config(["alg=lica", "recipe=cpu"])
+
+
 def test_config_inconsistent_methods():
     with pytest.raises(ConfigError, match="subtask_cond"):
         load_config(["alg=aqmix", "subtask_cond=mask"])
