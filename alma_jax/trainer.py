@@ -307,7 +307,8 @@ def make_train(cfg: Config, mesh: Mesh | None = None) -> TrainFns:
         metrics.update(episode_metrics(stats, "train"))
         if alloc_fn is not None:
             metrics.update(allocation_metrics(episodes, "train_alloc"))
-        metrics["annealing/epsilon"] = eps
+        if not on_policy:  # LICA samples from its policy; its eps only flags test mode
+            metrics["annealing/epsilon"] = eps
         n_updates = 1 if on_policy else cfg.updates_per_rollout
         metrics["learner_updates"] = jnp.where(ready, n_updates, 0)
         new = state.replace(low=low, high=high_state, buffer=buf, key=key, t_env=t_env,
