@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
-from learning_curve import read_curve  # noqa: E402
+from learning_curve import RANDOM_POLICY, read_curve  # noqa: E402
 
 KEYS = (("eval/solved_mean", "test solved rate"),
         ("eval/prop_buildings_completed_mean", "test buildings completed"),
@@ -57,8 +57,6 @@ def plot(out: Path, algs: list[str]) -> dict:
     import matplotlib.pyplot as plt
 
     curves = {}
-    # the uniformly random policy's values on 2-5a_2-5b, for scale
-    random_policy = (0.0, 0.009, -43.35)
     fig, axes = plt.subplots(1, len(KEYS), figsize=(15, 4))
     for alg in algs:
         alg_curves = load_curves(out / alg)
@@ -76,8 +74,8 @@ def plot(out: Path, algs: list[str]) -> dict:
             (line,) = ax.plot(ts, mean, marker="o", ms=3, label=f"{alg} ({v.shape[1]} seeds)")
             ax.fill_between(ts, q25, q75, color=line.get_color(), alpha=0.2)
             ax.set(xlabel="env steps", ylabel=label)
-    for ax, level in zip(axes, random_policy):
-        ax.axhline(level, color="grey", ls="--", lw=1, label="random policy")
+    for ax, (key, _) in zip(axes, KEYS):
+        ax.axhline(RANDOM_POLICY[key], color="grey", ls="--", lw=1, label="random policy")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
