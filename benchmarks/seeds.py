@@ -16,13 +16,19 @@ Both sides run the trainer's jitted chunk (`rollouts_per_chunk` x collect + stor
   single-seed program is compiled once here and its compile time counted N times.
 
 Compile time (init + chunk, ahead of time) is reported separately; `*_excl_compile` columns
-leave it out. Prints one JSON document; `--plot` also writes a PNG.
+leave it out. Every run also records its CPU seconds (all threads): `cores_busy` says how
+much of the machine a run used, `cpu_per_seed_vs_one_seed` how much CPU work per seed the
+vmapped program saves over a single-seed run, and `all_cores_floor_over_one_seed` the least
+`vmapped_over_one_seed` (N vmapped seeds over one seed, the scale issue's yardstick) that this
+much CPU work allows with every core busy. Prints one JSON document; `--plot` also writes a
+PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,20 +84,24 @@ def compile_for(fns, n: int) -> tuple[object, object, float]:
     return (lambda k: init_c(plan.put(k))), chunk, time.perf_counter() - t0
 
 
-def timed_run(init, chunk, first_seed: int, n: int, chunks: int) -> tuple[float, int]:
-    """(seconds, env steps over all seeds) of `chunks` chunks from a fresh state.
+def timed_run(init, chunk, first_seed: int, n: int, chunks: int) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, env steps over all seeds) of `chunks` chunks from a fresh state.
 
+    CPU seconds are the process's user + system time over all threads: divided by the wall
+    time they say how many cores the run kept busy (XLA's CPU backend splits large ops across
+    its thread pool, so even one seed uses more than one core).
     One untimed chunk on a throwaway state first: the first call of an executable pays
     one-off costs, which later runs of a program compiled once would not.
     """
     jax.block_until_ready(chunk(init(seed_keys(first_seed + 10_000, n))))
     state = init(seed_keys(first_seed, n))
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(chunks):
         state, _ = chunk(state)
     jax.block_until_ready(state)
-    return time.perf_counter() - t0, int(jnp.sum(state.t_env))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, int(jnp.sum(state.t_env))
 
 
 def main() -> None:
@@ -106,30 +116,42 @@ def main() -> None:
 
     with jax.default_device(jax.devices()[0]):
         init1, chunk1, compile1 = compile_for(fns, 1)
-    separate = []  # (seconds, env steps) of single-seed runs with seeds 0, 1, ...
+    separate = []  # (wall s, CPU s, env steps) of single-seed runs with seeds 0, 1, ...
     for s in range(max(args.seeds)):
         separate.append(timed_run(init1, chunk1, s, 1, args.chunks))
         print(json.dumps({"separate_seed": s, "run_s": round(separate[-1][0], 3)}),
               file=sys.stderr, flush=True)
+    cores = os.cpu_count() or 1
+    one_s = separate[0][0]
     results = []
     for n in args.seeds:
         if n == 1:
-            compile_n, (run_n, steps_n) = compile1, separate[0]
+            compile_n, (run_n, cpu_n, steps_n) = compile1, separate[0]
         else:
             init, chunk, compile_n = compile_for(fns, n)
-            run_n, steps_n = timed_run(init, chunk, 0, n, args.chunks)
-        sep_run = sum(t for t, _ in separate[:n])
-        sep_steps = sum(s for _, s in separate[:n])
+            run_n, cpu_n, steps_n = timed_run(init, chunk, 0, n, args.chunks)
+        sep_run = sum(r[0] for r in separate[:n])
+        sep_cpu = sum(r[1] for r in separate[:n])
+        sep_steps = sum(r[2] for r in separate[:n])
         res = {
             "num_seeds": n,
             "vmapped": {"compile_s": round(compile_n, 2), "run_s": round(run_n, 3),
                         "total_s": round(compile_n + run_n, 2), "env_steps": steps_n,
-                        "env_steps_per_s_excl_compile": round(steps_n / run_n, 1)},
+                        "env_steps_per_s_excl_compile": round(steps_n / run_n, 1),
+                        "cpu_s": round(cpu_n, 3), "cores_busy": round(cpu_n / run_n, 2)},
             "separate": {"compile_s": round(n * compile1, 2), "run_s": round(sep_run, 3),
                          "total_s": round(n * compile1 + sep_run, 2), "env_steps": sep_steps,
-                         "env_steps_per_s_excl_compile": round(sep_steps / sep_run, 1)},
+                         "env_steps_per_s_excl_compile": round(sep_steps / sep_run, 1),
+                         "cpu_s": round(sep_cpu, 3), "cores_busy": round(sep_cpu / sep_run, 2)},
             "speedup_incl_compile": round((n * compile1 + sep_run) / (compile_n + run_n), 2),
             "speedup_excl_compile": round(sep_run / run_n, 2),
+            # the issue's yardstick: N vmapped seeds against ONE seed's run, compile excluded
+            "vmapped_over_one_seed": round(run_n / one_s, 2),
+            # CPU work per seed of the vmapped program relative to a single-seed run: what
+            # batching the seeds saves (1.0 = nothing; compute-bound work stays near 1)
+            "cpu_per_seed_vs_one_seed": round(cpu_n / n / separate[0][1], 2),
+            # the best vmapped_over_one_seed this CPU work allows with every core busy
+            "all_cores_floor_over_one_seed": round(cpu_n / cores / one_s, 2),
         }
         print(json.dumps(res), file=sys.stderr, flush=True)
         results.append(res)
@@ -140,7 +162,8 @@ def main() -> None:
         "updates_per_rollout": cfg.updates_per_rollout,
         "notes": "separate = N single-seed runs in sequence, compile counted N times (as N "
                  "processes without a compilation cache); compile = init + chunk, ahead of "
-                 "time; env steps summed over seeds",
+                 "time; env steps summed over seeds; cpu_s = process user+system seconds "
+                 "over all threads",
         "machine": machine_info(), "results": results,
         "vmapped_devices": len(jax.devices()),
     }
