@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,8 +84,14 @@ def compile_for(fns, n: int) -> tuple[object, object, float]:
     return (lambda k: init_c(plan.put(k))), chunk, time.perf_counter() - t0
 
 
-def timed_run(init, chunk, first_seed: int, n: int, chunks: int) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, env steps over all seeds) of `chunks` chunks from a fresh state.
+class Run(NamedTuple):
+    wall_s: float
+    cpu_s: float  # process user + system seconds over all threads
+    env_steps: int  # summed over seeds
+
+
+def timed_run(init, chunk, first_seed: int, n: int, chunks: int) -> Run:
+    """Wall and CPU seconds and env steps of `chunks` chunks from a fresh state.
 
     CPU seconds are the process's user + system time over all threads: divided by the wall
     time they say how many cores the run kept busy (XLA's CPU backend splits large ops across
@@ -101,7 +107,7 @@ def timed_run(init, chunk, first_seed: int, n: int, chunks: int) -> tuple[float,
         state, _ = chunk(state)
     jax.block_until_ready(state)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return wall, cpu, int(jnp.sum(state.t_env))
+    return Run(wall, cpu, int(jnp.sum(state.t_env)))
 
 
 def main() -> None:
@@ -116,23 +122,23 @@ def main() -> None:
 
     with jax.default_device(jax.devices()[0]):
         init1, chunk1, compile1 = compile_for(fns, 1)
-    separate = []  # (wall s, CPU s, env steps) of single-seed runs with seeds 0, 1, ...
+    separate: list[Run] = []  # single-seed runs with seeds 0, 1, ...
     for s in range(max(args.seeds)):
         separate.append(timed_run(init1, chunk1, s, 1, args.chunks))
-        print(json.dumps({"separate_seed": s, "run_s": round(separate[-1][0], 3)}),
+        print(json.dumps({"separate_seed": s, "run_s": round(separate[-1].wall_s, 3)}),
               file=sys.stderr, flush=True)
-    cores = os.cpu_count() or 1
-    one_s = separate[0][0]
+    machine = machine_info()
+    one = separate[0]
     results = []
     for n in args.seeds:
         if n == 1:
-            compile_n, (run_n, cpu_n, steps_n) = compile1, separate[0]
+            compile_n, (run_n, cpu_n, steps_n) = compile1, one
         else:
             init, chunk, compile_n = compile_for(fns, n)
             run_n, cpu_n, steps_n = timed_run(init, chunk, 0, n, args.chunks)
-        sep_run = sum(r[0] for r in separate[:n])
-        sep_cpu = sum(r[1] for r in separate[:n])
-        sep_steps = sum(r[2] for r in separate[:n])
+        sep_run = sum(r.wall_s for r in separate[:n])
+        sep_cpu = sum(r.cpu_s for r in separate[:n])
+        sep_steps = sum(r.env_steps for r in separate[:n])
         res = {
             "num_seeds": n,
             "vmapped": {"compile_s": round(compile_n, 2), "run_s": round(run_n, 3),
@@ -146,12 +152,12 @@ def main() -> None:
             "speedup_incl_compile": round((n * compile1 + sep_run) / (compile_n + run_n), 2),
             "speedup_excl_compile": round(sep_run / run_n, 2),
             # the issue's yardstick: N vmapped seeds against ONE seed's run, compile excluded
-            "vmapped_over_one_seed": round(run_n / one_s, 2),
+            "vmapped_over_one_seed": round(run_n / one.wall_s, 2),
             # CPU work per seed of the vmapped program relative to a single-seed run: what
             # batching the seeds saves (1.0 = nothing; compute-bound work stays near 1)
-            "cpu_per_seed_vs_one_seed": round(cpu_n / n / separate[0][1], 2),
+            "cpu_per_seed_vs_one_seed": round(cpu_n / n / one.cpu_s, 2),
             # the best vmapped_over_one_seed this CPU work allows with every core busy
-            "all_cores_floor_over_one_seed": round(cpu_n / cores / one_s, 2),
+            "all_cores_floor_over_one_seed": round(cpu_n / machine["cores"] / one.wall_s, 2),
         }
         print(json.dumps(res), file=sys.stderr, flush=True)
         results.append(res)
@@ -164,7 +170,7 @@ def main() -> None:
                  "processes without a compilation cache); compile = init + chunk, ahead of "
                  "time; env steps summed over seeds; cpu_s = process user+system seconds "
                  "over all threads",
-        "machine": machine_info(), "results": results,
+        "machine": machine, "results": results,
         "vmapped_devices": len(jax.devices()),
     }
     print(json.dumps(doc, indent=1))
