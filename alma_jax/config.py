@@ -20,6 +20,25 @@ ENVS = ("savethecity", "traffic_junction", "host_savethecity", "host_traffic_jun
         "sc2multiarmy")
 
 
+# The allocator's own networks and optimiser (alma.md errata E2): not the low level's keys,
+# so a recipe that shrinks or re-optimises the low level leaves the allocator as it was.
+# updates_per_rollout None = the low level's; batch_size = episodes per allocator step (3.11).
+ALLOC_DEFAULTS: dict[str, Any] = {
+    "embed_dim": 128, "n_heads": 4, "optimizer": "rmsprop", "lr": 5e-4, "popart": True,
+    "grad_clip": 10.0, "batch_size": 32, "updates_per_rollout": None,
+}
+_ALLOC_TYPES: dict[str, tuple[type, ...]] = {
+    "embed_dim": (int,), "n_heads": (int,), "optimizer": (str,), "lr": (int, float),
+    "popart": (bool,), "grad_clip": (int, float), "batch_size": (int,),
+    "updates_per_rollout": (int, type(None)),
+}
+
+
+def alloc_settings(cfg: Config) -> dict[str, Any]:
+    """`cfg.alloc` completed with the defaults (a config written before a key existed)."""
+    return {**ALLOC_DEFAULTS, **dict(cfg.alloc)}
+
+
 # envs with a spec heuristic allocation
 HEURISTIC_ENVS = ("savethecity", "host_savethecity", "sc2multiarmy")
 # envs that compute their heuristic host-side, only when asked (starcraft.md A.13)
@@ -43,11 +62,12 @@ class Config:
     allocation: str | None = None  # None | 'heuristic' | 'random' | 'aql'
     low_learner: str = "qmix"  # 'qmix' (A-QMIX value learner) | 'lica' (actor-critic)
     action_length: int = 5
-    # learned allocation (AQL, alma.md 3); schedules anneal over fractions of total_env_steps
-    alloc_eps_anneal_frac: float = 0.05
+    # learned allocation (AQL, alma.md 3); exploration horizons in absolute env steps (E1)
+    alloc_eps_anneal_time: int = 750_000
     prop_alloc_eps_finish: float = 0.05
-    prop_alloc_eps_anneal_frac: float = 0.2
+    prop_alloc_eps_anneal_time: int = 3_000_000
     alloc_target_update_interval: int = 50  # episodes
+    alloc: dict = field(default_factory=lambda: dict(ALLOC_DEFAULTS))  # allocator nets (E2)
     aql: dict = field(default_factory=dict)  # extra AQLConfig fields, e.g. n_proposals, decay_old
     lica: dict = field(default_factory=dict)  # LicaConfig fields (lica.md 9), set by alg yaml
     refil: dict = field(default_factory=dict)  # QMixConfig REFIL fields (alma.md 2.8)
@@ -90,6 +110,10 @@ class Config:
     tensorboard: bool = False
     progress: bool = True
     max_wall_seconds: int = 0  # stop (with a checkpoint) after this long; 0 = no limit
+    # start from another run's low level (alma_jax.transfer): a run dir or a params export
+    low_from: str | None = None
+    freeze_low: bool = False  # with low_from: train only the allocator, low level untouched
+    low_seed: int | None = None  # with low_from: broadcast that seed of the source run
 
 
 ALLOWED: dict[str, tuple] = {
@@ -167,11 +191,11 @@ def _check_learner_options(cfg: Config) -> None:
         if cfg.mixer != "qmix":
             raise ConfigError(f"mixer={cfg.mixer!r} applies to low_learner='qmix'; LICA has its "
                               "own critic (lica.*), so leave mixer at 'qmix'")
-        if cfg.optimizer != "rmsprop" and cfg.allocation != "aql":
+        if cfg.optimizer != "rmsprop":
             raise ConfigError(
-                f"optimizer={cfg.optimizer!r} applies to the value learners (low_learner='qmix' "
-                "and ALMA's allocator); LICA has its own optimisers (lica.*), so leave "
-                "optimizer at 'rmsprop' here")
+                f"optimizer={cfg.optimizer!r} applies to the QMIX low level "
+                "(low_learner='qmix'); LICA has its own optimisers (lica.*) and ALMA's "
+                "allocator its own (alloc.optimizer), so leave optimizer at 'rmsprop' here")
         if cfg.subtask_cond == "full_obs":
             raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
                               "not 'full_obs'")
@@ -181,6 +205,55 @@ def _check_learner_options(cfg: Config) -> None:
         bad = sorted(set(getattr(cfg, name)) - set(allowed))
         if bad:
             raise ConfigError(f"{name}: unknown option(s) {bad}; allowed: {allowed}")
+
+
+def _check_alloc(cfg: Config) -> None:
+    """alloc.* names known keys with values of the right type and range."""
+    bad = sorted(set(cfg.alloc) - set(ALLOC_DEFAULTS))
+    if bad:
+        raise ConfigError(f"alloc: unknown option(s) {bad}; allowed: {sorted(ALLOC_DEFAULTS)}")
+    a = alloc_settings(cfg)
+    for k, types in _ALLOC_TYPES.items():
+        v = a[k]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise ConfigError(f"alloc.{k} must be of type "
+                              f"{' | '.join(t.__name__ for t in types)}, got {v!r}")
+    if a["optimizer"] not in ("rmsprop", "adam"):
+        raise ConfigError(f"alloc.optimizer={a['optimizer']!r} is not allowed; choose one of "
+                          "['rmsprop', 'adam']")
+    for k in ("embed_dim", "n_heads", "batch_size"):
+        if a[k] < 1:
+            raise ConfigError(f"alloc.{k} must be a positive integer, got {a[k]!r}")
+    if a["updates_per_rollout"] is not None and a["updates_per_rollout"] < 1:
+        raise ConfigError("alloc.updates_per_rollout must be a positive integer or null (= "
+                          f"updates_per_rollout), got {a['updates_per_rollout']!r}")
+    for k in ("lr", "grad_clip"):
+        if not a[k] > 0:
+            raise ConfigError(f"alloc.{k} must be > 0, got {a[k]!r}")
+    if a["embed_dim"] % a["n_heads"]:
+        raise ConfigError(f"alloc.embed_dim={a['embed_dim']} must be divisible by "
+                          f"alloc.n_heads={a['n_heads']}")
+    if cfg.allocation == "aql" and a["batch_size"] > cfg.buffer_size:
+        raise ConfigError(f"alloc.batch_size={a['batch_size']} exceeds "
+                          f"buffer_size={cfg.buffer_size}")
+
+
+def _check_transfer(cfg: Config) -> None:
+    """freeze_low / low_seed only mean something with low_from."""
+    if cfg.low_from is None:
+        for key, off in (("freeze_low", False), ("low_seed", None)):
+            if getattr(cfg, key) != off:
+                raise ConfigError(f"{key}={getattr(cfg, key)!r} needs low_from=<run dir or "
+                                  "params export> (the low level to start from)")
+    elif not isinstance(cfg.low_from, str) or not cfg.low_from:
+        raise ConfigError(f"low_from must be a path, got {cfg.low_from!r}")
+    if cfg.low_seed is not None and (not isinstance(cfg.low_seed, int)
+                                     or isinstance(cfg.low_seed, bool)):
+        raise ConfigError(f"low_seed must be an integer seed of the source run, got "
+                          f"{cfg.low_seed!r}")
+    if cfg.freeze_low and cfg.allocation != "aql":
+        raise ConfigError(f"freeze_low=true trains only the allocator, but alg={cfg.alg} has no "
+                          "learned allocator (use alg=alma, alma_nomask or alma_lica)")
 
 
 def validate(cfg: Config) -> Config:
@@ -197,11 +270,21 @@ def validate(cfg: Config) -> Config:
     if cfg.max_wall_seconds < 0:
         raise ConfigError(
             f"max_wall_seconds must be >= 0 (0 = no limit), got {cfg.max_wall_seconds}")
-    for name in ("gamma", "epsilon_start", "epsilon_finish", "alloc_eps_anneal_frac",
-                 "prop_alloc_eps_finish", "prop_alloc_eps_anneal_frac"):
+    for name in ("epsilon_start", "epsilon_finish", "prop_alloc_eps_finish"):
         v = getattr(cfg, name)
         if not 0.0 <= float(v) <= 1.0:
             raise ConfigError(f"{name} must lie in [0, 1], got {v!r}")
+    if not 0.0 < float(cfg.gamma) <= 1.0:
+        raise ConfigError(f"gamma must lie in (0, 1], got {cfg.gamma!r}")
+    for name in ("lr", "grad_clip"):
+        if not float(getattr(cfg, name)) > 0.0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+    for name in ("epsilon_anneal_time", "alloc_eps_anneal_time", "prop_alloc_eps_anneal_time"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{name} must be an integer >= 0 (env steps), got {v!r}")
+    _check_alloc(cfg)
+    _check_transfer(cfg)
     if (cfg.subtask_cond is None) != (cfg.allocation is None):
         raise ConfigError("subtask_cond and allocation must be set together (both or neither); "
                           f"got subtask_cond={cfg.subtask_cond!r}, allocation={cfg.allocation!r}")
@@ -220,6 +303,9 @@ def validate(cfg: Config) -> Config:
 def from_dict(d: dict[str, Any]) -> Config:
     """Build and validate a Config from a plain dict; unknown keys are errors."""
     names = {f.name for f in fields(Config)}
+    d = dict(d)
+    if isinstance(d.get("alloc"), dict):  # keys not given keep their defaults
+        d["alloc"] = {**ALLOC_DEFAULTS, **d["alloc"]}
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; allowed keys: {sorted(names)}")
@@ -229,6 +315,22 @@ def from_dict(d: dict[str, Any]) -> Config:
         if f.type == "int" and isinstance(v, float) and v.is_integer():
             object.__setattr__(cfg, f.name, int(v))
     return validate(cfg)
+
+
+# Keys of configs saved by earlier versions -> how to read them today.
+_RENAMED_FRACTIONS = {"alloc_eps_anneal_frac": "alloc_eps_anneal_time",
+                      "prop_alloc_eps_anneal_frac": "prop_alloc_eps_anneal_time"}
+
+
+def from_saved(d: dict[str, Any]) -> Config:
+    """A run's saved config.json, also from before a key was renamed: the allocation
+    schedules' old fractions of total_env_steps become the absolute horizons they meant."""
+    d = dict(d)
+    for old, new in _RENAMED_FRACTIONS.items():
+        if old in d:
+            frac = d.pop(old)
+            d.setdefault(new, int(round(frac * d.get("total_env_steps", 15_000_000))))
+    return from_dict(d)
 
 
 def load_config(overrides: list[str] | None = None) -> Config:

@@ -5,10 +5,16 @@ episodes (epsilon 0, not stored; spec 4.6) for every seed of the run, prints the
 JSON, and writes a GIF of a few greedy episodes of the run's first seed.
 
 keys:
-  out_dir       the run directory (required)
+  out_dir       the run directory or a parameters export *.npz (required)
+  high_from     another run directory or export: evaluate out_dir's low level under ITS
+                learned allocator (ALMA's zero-shot experiment, paper Fig. 6b)
+  high          heuristic | random: evaluate out_dir's low level under the env's heuristic
+                or uniformly random allocation instead of its own
+  out           also write the printed JSON to this file
   episodes      test episodes per seed (default: the run's test_episodes; rounded up to a
                 multiple of num_envs)
-  gif           GIF path (default <out_dir>/eval.gif; gif=none skips it)
+  gif           GIF path (default <out_dir>/eval.gif, beside an export <name>.gif;
+                gif=none skips it)
   gif_episodes  episodes in the GIF (default 2)
   seed          key of the test episodes (default 0)
   cell          pixels per map cell in the GIF (default 24)
@@ -27,15 +33,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alma_jax.checkpoint import load_partial
-from alma_jax.config import ConfigError, from_dict
+from alma_jax import transfer
+from alma_jax.config import ConfigError
 from alma_jax.rollout import is_decision_row
 from alma_jax.trainer import TrainFns, make_train
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": None, "episodes": None, "gif": None, "gif_episodes": 2, "seed": 0, "cell": 24,
-    "fps": 4.0,
+    "fps": 4.0, "high_from": None, "high": None, "out": None,
 }
+HIGH_CHOICES = {"heuristic": "heuristic", "random": "random_alloc"}  # high= -> its alg
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -48,6 +55,11 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         opts[key] = value
     if opts["out_dir"] is None:
         raise ConfigError("out_dir=<run dir> is required")
+    if opts["high"] is not None and opts["high"] not in HIGH_CHOICES:
+        raise ConfigError(f"high={opts['high']!r} is not allowed; choose one of "
+                          f"{list(HIGH_CHOICES)} (or high_from=<run dir> for a learned one)")
+    if opts["high"] is not None and opts["high_from"] is not None:
+        raise ConfigError("give high=... or high_from=..., not both")
     for key, typ in (("episodes", int), ("gif_episodes", int), ("seed", int), ("cell", int),
                      ("fps", float)):
         if opts[key] is not None:
@@ -121,42 +133,101 @@ def save_episodes_gif(episodes: list[dict[str, Any]], path: Path, title: str, ce
     return len(frames)
 
 
-def load_run(out_dir: str | Path, episodes: int | None = None):
+def _pair_rows(n_low: int, n_high: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seed i with seed i, or one side's single seed with every seed of the other."""
+    if n_low == n_high:
+        return np.arange(n_low), np.arange(n_high)
+    if n_high == 1:
+        return np.arange(n_low), np.zeros(n_low, int)
+    if n_low == 1:
+        return np.zeros(n_high, int), np.arange(n_high)
+    raise ConfigError(f"{what}: {n_low} low-level seeds and {n_high} allocator seeds cannot "
+                      "be paired (equal counts, or one side with a single seed)")
+
+
+def load_run(out_dir: str | Path, episodes: int | None = None, high_from: str | None = None,
+             high: str | None = None):
     """(config, TrainFns, saved {low, high, t_env}, seed-batched greedy policy) of a run
-    directory's checkpoint (the replay buffer is not read). `episodes` overrides
-    `test_episodes`."""
-    out_dir = Path(out_dir)
-    cfg_path, ckpt = out_dir / "config.json", out_dir / "checkpoint"
-    if not cfg_path.exists() or not ckpt.exists():
-        raise FileNotFoundError(f"{out_dir} has no config.json and checkpoint/ of a run")
-    cfg = from_dict(json.loads(cfg_path.read_text()))
+    directory's checkpoint or a parameters export (the replay buffer is not read).
+
+    `episodes` overrides `test_episodes`. `high_from` (a run dir or export with a learned
+    allocator) replaces the allocation policy by that source's, `high` by the env's heuristic
+    or random allocation; the low level is always `out_dir`'s."""
+    src = transfer.load_source(out_dir)
+    cfg, low, high_state = src.cfg, src.low, src.high
+    if high_from is not None or high is not None:
+        if cfg.subtask_cond is None:
+            raise ConfigError(f"{out_dir}: alg={cfg.alg} is a flat method (no subtask "
+                              "allocation), so it cannot run under another allocator")
+    if high is not None:
+        cfg = dataclasses.replace(cfg, alg=HIGH_CHOICES[high], allocation=high)
+        high_state = None
+    elif high_from is not None:
+        hsrc = transfer.load_source(high_from)
+        if hsrc.cfg.allocation != "aql":
+            raise ConfigError(f"high_from={high_from}: alg={hsrc.cfg.alg} has no learned "
+                              "allocator (use a run of alma, alma_nomask or alma_lica)")
+        for key in ("env", "env_args"):
+            if getattr(hsrc.cfg, key) != getattr(cfg, key):
+                raise ConfigError(f"high_from={high_from}: {key} differs ("
+                                  f"{getattr(hsrc.cfg, key)!r} vs {getattr(cfg, key)!r})")
+        rows_low, rows_high = _pair_rows(cfg.num_seeds, hsrc.cfg.num_seeds,
+                                         f"high_from={high_from}")
+        low = jax.tree.map(lambda x: np.asarray(x)[rows_low], low)
+        high_state = jax.tree.map(lambda x: np.asarray(x)[rows_high], hsrc.high)
+        cfg = dataclasses.replace(
+            cfg, alg=hsrc.cfg.alg, allocation="aql", alloc=hsrc.cfg.alloc, aql=hsrc.cfg.aql,
+            action_length=hsrc.cfg.action_length, num_seeds=len(rows_low),
+            seed=hsrc.cfg.seed if cfg.num_seeds == 1 else cfg.seed)
     if episodes is not None:
         cfg = dataclasses.replace(cfg, test_episodes=episodes)
     fns = make_train(cfg)
-    run_seeds = jnp.arange(cfg.seed, cfg.seed + cfg.num_seeds)
-    abstract = jax.eval_shape(jax.vmap(fns.init), jax.vmap(jax.random.PRNGKey)(run_seeds))
-    saved = load_partial(ckpt, {"low": abstract.low, "high": abstract.high,
-                                "t_env": abstract.t_env})
-    return cfg, fns, saved, jax.vmap(fns.eval_policy)(saved["low"], saved["high"])
+    if fns.high_learner is None:
+        high_state = None
+    saved = {"low": low, "high": high_state, "t_env": src.t_env}
+    return cfg, fns, saved, jax.vmap(fns.eval_policy)(low, high_state)
+
+
+def wilson_ci(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate (well-behaved at 0 and 1 successes)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None = None,
-             gif_episodes: int = 2, seed: int = 0, cell: int = 24, fps: float = 4.0
+             gif_episodes: int = 2, seed: int = 0, cell: int = 24, fps: float = 4.0,
+             high_from: str | None = None, high: str | None = None, out: str | None = None
              ) -> dict[str, Any]:
-    """Evaluate the checkpoint of a run directory; returns the printed summary."""
+    """Evaluate the learners of a run directory or export; returns the printed summary."""
     out_dir = Path(out_dir)
-    cfg, fns, saved, policy = load_run(out_dir, episodes)
+    cfg, fns, saved, policy = load_run(out_dir, episodes, high_from, high)
     keys = jax.random.split(jax.random.PRNGKey(seed), cfg.num_seeds)
     metrics = jax.device_get(jax.jit(jax.vmap(fns.evaluate_policy))(policy, keys))
     per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in sorted(metrics.items())}
+    n_per_seed = -(-cfg.test_episodes // cfg.num_envs) * cfg.num_envs
     summary: dict[str, Any] = {
         "out_dir": str(out_dir), "alg": cfg.alg, "t_env": np.asarray(saved["t_env"]).tolist(),
-        "episodes_per_seed": -(-cfg.test_episodes // cfg.num_envs) * cfg.num_envs,
+        "allocation": (f"learned, from {high_from}" if high_from is not None else
+                       high if high is not None else cfg.allocation),
+        "episodes_per_seed": n_per_seed,
         "mean": {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                  for k, v in per_seed.items()},
         "per_seed": per_seed,
     }
-    gif_path = out_dir / "eval.gif" if gif is None else Path(gif)
+    if "eval/solved_mean" in per_seed:  # binary per episode: a binomial interval over all
+        solved = per_seed["eval/solved_mean"]
+        k, n = round(sum(solved) * n_per_seed), n_per_seed * len(solved)
+        summary["solved"] = {"episodes": n, "solved_episodes": k, "rate": k / n,
+                             "ci95": list(wilson_ci(k, n)),
+                             "ci95_per_seed": [list(wilson_ci(round(s * n_per_seed),
+                                                              n_per_seed)) for s in solved]}
+    gif_path = (out_dir.with_suffix(".gif") if transfer.is_export(out_dir) else
+                out_dir / "eval.gif") if gif is None else Path(gif)
     if gif is None or gif.lower() != "none":
         first = jax.tree.map(lambda x: x[0], policy)
         played = play_episodes(fns, cfg, first, jax.random.PRNGKey(seed), gif_episodes)
@@ -164,6 +235,9 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
         summary["gif"] = str(gif_path)
         summary["gif_frames"] = save_episodes_gif(played, gif_path, title, cell=cell, fps=fps)
         summary["gif_returns"] = [ep["return"] for ep in played]
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -12,11 +12,12 @@ def make_optimizer(
     kind: str = "rmsprop",
 ) -> optax.GradientTransformation:
     """clip_by_global_norm(clip) then RMSProp with eps outside the square root, no momentum
-    (the paper's), or with kind='adam' PyTorch-default Adam (betas 0.9/0.999, eps 1e-8)."""
+    (the paper's), or with kind='adam' Adam with betas 0.9/0.999 and the same eps: where the
+    original offers Adam it passes its `optim_eps` of 1e-5, not PyTorch's 1e-8 (alma.md E8)."""
     if kind == "rmsprop":
         step = optax.rmsprop(lr, decay=decay, eps=eps, eps_in_sqrt=False)
     elif kind == "adam":
-        step = optax.adam(lr)
+        step = optax.adam(lr, eps=eps)
     else:
         raise ValueError(f"optimizer kind {kind!r}; choose one of {list(OPTIMIZERS)}")
     return optax.chain(optax.clip_by_global_norm(clip), step)

@@ -9,15 +9,23 @@ import jax.numpy as jnp
 from flax import struct
 
 __all__ = [
+    "ALLOC_EPS_ANNEAL_TIME",
     "EPSILON_ANNEAL_TIME",
+    "PROP_ALLOC_EPS_ANNEAL_TIME",
     "ExplorationSchedules",
     "LinearSchedule",
     "make_schedules",
+    "schedules_from_config",
     "maybe_update_target",
 ]
 
 # Action-epsilon anneal time per environment family (spec 4.8).
 EPSILON_ANNEAL_TIME = {"savethecity": 2_000_000, "starcraft": 500_000, "sc2": 500_000}
+# Allocation exploration horizons (errata E1): the original's fractions 0.05 and 0.2 of its
+# t_max (15M SaveTheCity, 10M StarCraft), as absolute env steps.
+ALLOC_EPS_ANNEAL_TIME = {"savethecity": 750_000, "starcraft": 500_000, "sc2": 500_000}
+PROP_ALLOC_EPS_ANNEAL_TIME = {"savethecity": 3_000_000, "starcraft": 2_000_000,
+                              "sc2": 2_000_000}
 
 
 class LinearSchedule(struct.PyTreeNode):
@@ -56,27 +64,31 @@ class ExplorationSchedules(struct.PyTreeNode):
 
 
 def make_schedules(
-    t_max: float,
     epsilon_anneal_time: float = EPSILON_ANNEAL_TIME["savethecity"],
     epsilon_start: float = 1.0,
     epsilon_finish: float = 0.05,
-    alloc_eps_start: float = 1.0,
-    alloc_eps_finish: float = 0.0,
-    alloc_eps_anneal_frac: float = 0.05,
-    prop_alloc_eps_start: float = 1.0,
+    alloc_eps_anneal_time: float = ALLOC_EPS_ANNEAL_TIME["savethecity"],
+    prop_alloc_eps_anneal_time: float = PROP_ALLOC_EPS_ANNEAL_TIME["savethecity"],
     prop_alloc_eps_finish: float = 0.05,
-    prop_alloc_eps_anneal_frac: float = 0.2,
 ) -> ExplorationSchedules:
-    """Default schedules of spec 4.8; the allocation ones anneal over fractions of t_max."""
+    """The schedules of spec 4.8 with errata E1: every horizon is in absolute env steps, so a
+    run's own length never changes how long it explores. alloc_eps anneals 1 -> 0 and
+    prop_alloc_eps 1 -> prop_alloc_eps_finish."""
     return ExplorationSchedules(
         epsilon=LinearSchedule(epsilon_start, epsilon_finish, float(epsilon_anneal_time)),
-        alloc_eps=LinearSchedule(
-            alloc_eps_start, alloc_eps_finish, alloc_eps_anneal_frac * float(t_max)
-        ),
-        prop_alloc_eps=LinearSchedule(
-            prop_alloc_eps_start, prop_alloc_eps_finish, prop_alloc_eps_anneal_frac * float(t_max)
-        ),
+        alloc_eps=LinearSchedule(1.0, 0.0, float(alloc_eps_anneal_time)),
+        prop_alloc_eps=LinearSchedule(1.0, prop_alloc_eps_finish,
+                                      float(prop_alloc_eps_anneal_time)),
     )
+
+
+def schedules_from_config(cfg: Any) -> ExplorationSchedules:
+    """The run's schedules from its `alma_jax.config.Config`."""
+    return make_schedules(
+        epsilon_anneal_time=cfg.epsilon_anneal_time, epsilon_start=cfg.epsilon_start,
+        epsilon_finish=cfg.epsilon_finish, alloc_eps_anneal_time=cfg.alloc_eps_anneal_time,
+        prop_alloc_eps_anneal_time=cfg.prop_alloc_eps_anneal_time,
+        prop_alloc_eps_finish=cfg.prop_alloc_eps_finish)
 
 
 def maybe_update_target(

@@ -96,6 +96,19 @@ class MetricLog:
                 csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if int(r[0]) <= t_env])
 
 
+def _writable_out_dir(path: str) -> Path:
+    """out_dir, created if needed; a ConfigError naming the path if it cannot be written."""
+    out_dir = Path(path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"out_dir={path!r} cannot be written: {e.strerror or e}") from None
+    return out_dir
+
+
 def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
         scheme: str | None = None) -> dict[str, Any]:
     """Train with `cfg`; returns the final host-side summary (also used by tests).
@@ -104,8 +117,7 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
     from the config) lay the run out over several devices, see `alma_jax.sharding`; a single
     device (e.g. `jax.devices()[:1]`) runs unsharded on the default device.
     """
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _writable_out_dir(cfg.out_dir)
     plan = sharding.make_plan(cfg, devices, scheme)  # None: one device, nothing sharded
     # multi-host: every process runs this loop; only the first writes logs and the bar
     primary = jax.process_index() == 0
@@ -127,6 +139,8 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
 
     ckpt_dir = out_dir / "checkpoint"
     state, resumed_at = None, None
+    if cfg.resume and not ckpt_dir.exists() and primary:
+        print(f"resume=true: no checkpoint in {out_dir}, starting from scratch", flush=True)
     if cfg.resume and ckpt_dir.exists():
         abstract = jax.eval_shape(init, jax.vmap(jax.random.PRNGKey)(seeds))
         # explicit target shardings: a checkpoint saved on another device count restores too
@@ -137,7 +151,19 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
         if primary:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
             (out_dir / "metrics.csv").unlink(missing_ok=True)
-        state = init(jax.vmap(jax.random.PRNGKey)(seeds))
+        keys = jax.vmap(jax.random.PRNGKey)(seeds)
+        low_init = None
+        if cfg.low_from is not None:  # checked before anything compiles
+            from alma_jax import transfer
+
+            low_init = transfer.prepare_low(cfg, jax.eval_shape(init, keys).low)
+        state = init(keys)
+        if low_init is not None:
+            state = state.replace(low=jax.tree.map(
+                lambda new, old: jax.device_put(new, old.sharding), low_init, state.low))
+            print(f"low level from {cfg.low_from}"
+                  + (" (frozen: training the allocator only)" if cfg.freeze_low else ""),
+                  flush=True)
     if primary:
         with open(out_dir / "config.json", "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
@@ -223,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"config error: {e}") from None
     try:
         run(cfg)
+    except ConfigError as e:  # e.g. out_dir not writable, low_from not compatible
+        raise SystemExit(f"config error: {e}") from None
     except RunStopped as e:
         raise SystemExit(f"run stopped: {e}") from None
     print(f"done: {math.floor(cfg.total_env_steps)} env steps; metrics in {cfg.out_dir}")

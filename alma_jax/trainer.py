@@ -23,10 +23,10 @@ from jax.sharding import Mesh
 import envs_jax
 from alma_jax import buffer as bf
 from alma_jax.allocation import env_heuristic_allocation, random_allocation
-from alma_jax.config import Config, env_kwargs
+from alma_jax.config import Config, alloc_settings, env_kwargs
 from alma_jax.learners.qmix import QMixConfig, QMixLearner
 from alma_jax.rollout import make_rollout, with_allocation
-from alma_jax.schedules import LinearSchedule
+from alma_jax.schedules import schedules_from_config
 from alma_jax.sharding import ShardedEnv, batch_constraint
 
 
@@ -109,16 +109,18 @@ def lica_config(cfg: Config, env) -> Any:
 
 
 def make_high_learner(cfg: Config, env) -> Any:
-    """The learned allocation controller (AQL) or None."""
+    """The learned allocation controller (AQL) or None; its networks and optimiser follow
+    `alloc.*`, never the low level's keys (alma.md errata E2)."""
     if cfg.allocation != "aql":
         return None
     from alma_jax.learners.aql import AQLConfig, AQLLearner
 
+    a = alloc_settings(cfg)
     return AQLLearner(AQLConfig(
         n_agents=env.n_agents, n_tasks=env.n_tasks, entity_dim=env.entity_dim,
-        embed_dim=cfg.embed_dim, n_heads=cfg.n_heads, gamma=cfg.gamma, lr=cfg.lr,
-        grad_clip=cfg.grad_clip, optimizer=cfg.optimizer, action_length=cfg.action_length,
-        **dict(cfg.aql),
+        embed_dim=a["embed_dim"], n_heads=a["n_heads"], gamma=cfg.gamma, lr=float(a["lr"]),
+        grad_clip=float(a["grad_clip"]), optimizer=a["optimizer"], popart=a["popart"],
+        action_length=cfg.action_length, **dict(cfg.aql),
     ))
 
 
@@ -219,10 +221,13 @@ def make_train(cfg: Config, mesh: Mesh | None = None) -> TrainFns:
     act_fn, init_carry = _act_fns(learner)
     rollout = make_rollout(env if mesh is None else ShardedEnv(env, mesh), cfg.num_envs, act_fn,
                            alloc_fn, cfg.action_length, init_carry)
-    epsilon = LinearSchedule(cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_time)
-    alloc_eps = LinearSchedule(1.0, 0.0, cfg.alloc_eps_anneal_frac * cfg.total_env_steps)
-    prop_eps = LinearSchedule(1.0, cfg.prop_alloc_eps_finish,
-                              cfg.prop_alloc_eps_anneal_frac * cfg.total_env_steps)
+    schedules = schedules_from_config(cfg)
+    epsilon, alloc_eps, prop_eps = (schedules.epsilon, schedules.alloc_eps,
+                                    schedules.prop_alloc_eps)
+    high_cfg = alloc_settings(cfg)
+    high_batch = high_cfg["batch_size"]
+    high_steps = high_cfg["updates_per_rollout"] or cfg.updates_per_rollout
+    train_low = not cfg.freeze_low  # freeze_low: the low level is never touched
     example = bf.empty_episodes((), env.episode_limit, env.n_agents, env.n_entities,
                                 env.n_tasks, env.n_actions, env.entity_dim)
 
@@ -265,11 +270,11 @@ def make_train(cfg: Config, mesh: Mesh | None = None) -> TrainFns:
     def high_updates(high_state, key, buf, eligible, t_env):
         def one(hs, k):
             k_w, k_u = jax.random.split(k)
-            w = shard_batch(bf.sample_windows(buf, k_w, cfg.batch_size, cfg.max_traj_len,
+            w = shard_batch(bf.sample_windows(buf, k_w, high_batch, cfg.max_traj_len,
                                               eligible))
             return high.update(hs, w, k_u, t_env)
 
-        hs, m = jax.lax.scan(one, high_state, jax.random.split(key, cfg.updates_per_rollout))
+        hs, m = jax.lax.scan(one, high_state, jax.random.split(key, high_steps))
         return hs, {k: jnp.mean(v) for k, v in m.items()}
 
     def iteration(state: TrainState, _):
@@ -280,7 +285,9 @@ def make_train(cfg: Config, mesh: Mesh | None = None) -> TrainFns:
         buf = bf.buffer_add(state.buffer, episodes, state.t_env)
         t_env = state.t_env + steps
         episode = state.episode + cfg.num_envs
-        if on_policy:  # train on the episodes just collected (lica.md 2, 13.6)
+        if not train_low:
+            low, m, ready = state.low, {}, jnp.bool_(False)
+        elif on_policy:  # train on the episodes just collected (lica.md 2, 13.6)
             fresh = shard_batch(bf.episodes_as_window(episodes, state.t_env))
             low, m = learner.update(state.low, fresh, k_upd)
             ready = jnp.bool_(True)
@@ -289,13 +296,14 @@ def make_train(cfg: Config, mesh: Mesh | None = None) -> TrainFns:
             low, m = jax.lax.cond(ready, low_updates, skipped(low_updates), state.low, k_upd,
                                   buf)
         due = episode - state.last_target_episode >= cfg.target_update_interval
-        low = jax.lax.cond(due, learner.update_target, lambda x: x, low)
+        if train_low:
+            low = jax.lax.cond(due, learner.update_target, lambda x: x, low)
         last = jnp.where(due, episode, state.last_target_episode)
         metrics = dict(m)
         high_state, last_high = state.high, state.last_high_target_episode
         if high is not None:
             eligible = bf.recent_episodes(buf, t_env, cfg.aql.get("decay_old", 150_000))
-            ready_h = jnp.sum(eligible) >= cfg.batch_size  # spec 3.11: skipped otherwise
+            ready_h = jnp.sum(eligible) >= high_batch  # spec 3.11: skipped otherwise
             high_state, mh = jax.lax.cond(ready_h, high_updates, skipped(high_updates),
                                           state.high, k_high, buf, eligible, t_env)
             due_h = episode - last_high >= cfg.alloc_target_update_interval

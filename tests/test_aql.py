@@ -8,6 +8,7 @@ exploration rules; one update runs under jit + vmap over seeds + lax.scan.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -212,21 +213,51 @@ def test_critic_targets_follow_the_spec_formula():
         np.testing.assert_allclose(y[r], expected, rtol=1e-5, atol=1e-5)
 
 
+SPEC_LEARNER = AQLLearner(dataclasses.replace(CFG, loss_weighting="spec"))
+
+
 def test_recency_weights_and_critic_loss_normalisation():
+    """E4: the original computes Σ m·w²·δ² / Σ m·w; loss_weighting='spec' is Σ m·w·δ² / Σ m·w."""
     _, _, _, states, meta = setup()
     w = LEARNER.recency(jnp.array([1000, 500, 0, -500]), 1000)
     np.testing.assert_allclose(w, [1.0, 0.5, 0.0, 0.0])  # decay_old = 1000 in CFG
-    loss = jax.jit(LEARNER.critic_loss)
+    assert CFG.loss_weighting == "original"
+    loss, spec_loss = jax.jit(LEARNER.critic_loss), jax.jit(SPEC_LEARNER.critic_loss)
     critic = seed(states, 0).critic
     z = jnp.linspace(-1.0, 1.0, R)
     weight = jnp.array([1.0, 0.5, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0])
     perm = jnp.arange(NT)
-    per_row = [float(loss(critic, meta, z, jnp.eye(R)[r], perm)) for r in range(4)]
-    expected = np.dot(weight[:4], per_row) / weight.sum()
-    np.testing.assert_allclose(loss(critic, meta, z, weight, perm), expected, rtol=1e-5)
+    # one-hot weights give each row's squared error (Q - Z)^2 in both forms
+    per_row = np.array([float(loss(critic, meta, z, jnp.eye(R)[r], perm)) for r in range(4)])
+    w4 = np.asarray(weight[:4])
+    original = np.dot(w4 ** 2, per_row) / w4.sum()
+    spec = np.dot(w4, per_row) / w4.sum()
+    assert abs(original - spec) > 1e-3 * abs(spec)  # the batch tells the two apart
+    np.testing.assert_allclose(loss(critic, meta, z, weight, perm), original, rtol=1e-5)
+    np.testing.assert_allclose(spec_loss(critic, meta, z, weight, perm), spec, rtol=1e-5)
     # Garbage targets on zero-weight rows never leak in.
     z_bad = z.at[2].set(jnp.nan).at[5].set(jnp.inf)
-    np.testing.assert_allclose(loss(critic, meta, z_bad, weight, perm), expected, rtol=1e-5)
+    np.testing.assert_allclose(loss(critic, meta, z_bad, weight, perm), original, rtol=1e-5)
+
+
+def test_amortisation_loss_weighting():
+    """E3: the original weights L_amort's rows by w on every existing row but the last."""
+    _, _, _, _, meta = setup()
+    assert np.asarray(meta.exists).tolist() == [True] * 6 + [False] * 2
+    meta = meta.replace(mask=jnp.array([1, 1, 1, 0, 1, 1, 0, 0], bool),
+                        t_added=jnp.array([1000, 500, 250, 0, 750, 0, 0, 0], jnp.int32))
+    t_env = 1000  # w = 1, .5, .25, 0, .75, 0 (decay_old = 1000)
+    np.testing.assert_allclose(LEARNER.amort_weight(meta, t_env),
+                               [1.0, 0.5, 0.25, 0.0, 0.75, 1.0, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(SPEC_LEARNER.amort_weight(meta, t_env),
+                               [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    state = target_state()
+    _, _, props, _ = targets_fn()(state, meta, jax.random.key(8))
+    amort = jax.jit(lambda rw: LEARNER.policy_loss(state.pi, meta, props, rw)[1][0])
+    nll = np.array([float(amort(jnp.eye(R)[r])) for r in range(6)])  # -log pi(best) per row
+    rw = LEARNER.amort_weight(meta, t_env)
+    want = np.dot(np.asarray(rw[:6]), nll) / float(np.sum(rw))
+    np.testing.assert_allclose(amort(rw), want, rtol=1e-5)
 
 
 def test_proposal_loss_step_increases_best_log_prob():

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from alma_jax.schedules import (
+    ALLOC_EPS_ANNEAL_TIME,
     EPSILON_ANNEAL_TIME,
+    PROP_ALLOC_EPS_ANNEAL_TIME,
     LinearSchedule,
     make_schedules,
     maybe_update_target,
@@ -23,8 +25,8 @@ def _values(scheds, t):
 
 
 def test_three_schedules_at_zero_mid_horizon_and_beyond():
-    scheds = make_schedules(T_MAX)
-    # (name, horizon, start, finish): epsilon over 2e6, alloc_eps over 0.05 t_max, prop 0.2 t_max
+    scheds = make_schedules()
+    # (name, horizon, start, finish): epsilon over 2e6, alloc_eps over 750k, prop over 3M
     cases = [
         ("annealing/epsilon", 2_000_000, 1.0, 0.05),
         ("annealing/alloc_eps", 750_000, 1.0, 0.0),
@@ -38,7 +40,9 @@ def test_three_schedules_at_zero_mid_horizon_and_beyond():
         quarter = float(_values(scheds, horizon // 4)[name])
         assert quarter == pytest.approx(start + 0.25 * (finish - start), abs=1e-6)
     assert EPSILON_ANNEAL_TIME["starcraft"] == 500_000
-    sc2 = make_schedules(10_000_000, epsilon_anneal_time=EPSILON_ANNEAL_TIME["starcraft"])
+    sc2 = make_schedules(epsilon_anneal_time=EPSILON_ANNEAL_TIME["starcraft"],
+                         alloc_eps_anneal_time=ALLOC_EPS_ANNEAL_TIME["starcraft"],
+                         prop_alloc_eps_anneal_time=PROP_ALLOC_EPS_ANNEAL_TIME["starcraft"])
     assert float(sc2.epsilon(250_000)) == pytest.approx(0.525, abs=1e-6)
     assert float(sc2.alloc_eps(250_000)) == pytest.approx(0.5, abs=1e-6)
 

@@ -32,7 +32,7 @@ TINY = [
     "progress=false", "+env_args.episode_limit=30",
 ]
 # The allocation controller at tiny sizes too (fewer proposals, smaller high-level batches).
-TINY_AQL = {"aql.n_proposals": 4, "aql.max_bs": 40}
+TINY_AQL = {"aql.n_proposals": 4, "aql.max_bs": 40, "alloc.embed_dim": 16, "alloc.batch_size": 6}
 TINY_LICA = {"lica.embed_dim": 16, "lica.hyper_dim": 16, "lica.hidden_dim": 8, "lica.mix_dim": 8,
              "num_envs": 4, "buffer_size": 32, "batch_size": 6}
 TOTAL = 1000  # env steps of the end-to-end runs (about 5 chunks of 2 rollouts)
@@ -302,7 +302,17 @@ def test_vmapped_seeds_equal_separate_runs(runs, alg):
     ("allocation=foo", "allocation", ["'heuristic'", "'random'"]),
     ("num_envs=0", "num_envs", ["positive integer"]),
     ("num_envs=2.5", "num_envs", ["int"]),
-    ("gamma=1.5", "gamma", ["[0, 1]"]),
+    ("gamma=1.5", "gamma", ["(0, 1]"]),
+    ("gamma=0", "gamma", ["(0, 1]"]),
+    ("lr=-1", "lr", ["> 0"]),
+    ("grad_clip=0", "grad_clip", ["> 0"]),
+    ("alloc_eps_anneal_time=-5", "alloc_eps_anneal_time", [">= 0"]),
+    ("alloc.lr=-0.1", "alloc.lr", ["> 0"]),
+    ("alloc.optimizer=sgd", "alloc.optimizer", ["'rmsprop'", "'adam'"]),
+    ("+alloc.width=3", "alloc", ["embed_dim", "popart"]),
+    ("alloc.n_heads=3", "alloc.embed_dim", ["divisible"]),
+    ("freeze_low=true", "freeze_low", ["low_from"]),
+    ("low_seed=1", "low_seed", ["low_from"]),
     ("gamma=abc", "gamma", ["float"]),
     ("lr=abc", "lr", ["float"]),
     ("progress=maybe", "progress", ["bool"]),
@@ -353,9 +363,11 @@ def test_config_inconsistent_methods():
         load_config(["alg=lica", "softmax_mixing_weights=false"])
     with pytest.raises(ConfigError, match="mixer='vdn' applies to low_learner='qmix'"):
         load_config(["alg=lica", "mixer=vdn"])
-    with pytest.raises(ConfigError, match="optimizer='adam' applies to the value learners"):
+    with pytest.raises(ConfigError, match="optimizer='adam' applies to the QMIX low level"):
         load_config(["alg=lica", "optimizer=adam"])
-    load_config(["alg=alma_lica", "optimizer=adam"])  # ALMA's allocator uses it
+    with pytest.raises(ConfigError, match="alloc.optimizer"):
+        load_config(["alg=alma_lica", "optimizer=adam"])  # the allocator has its own key
+    load_config(["alg=alma_lica", "alloc.optimizer=adam"])
     with pytest.raises(ConfigError, match=r"mixer='sum' is not allowed.*'qmix', 'vdn'"):
         load_config(["mixer=sum"])
 
@@ -374,7 +386,7 @@ def test_mixer_options_reach_the_learner():
         assert (c.popart, c.softmax_mixing_weights, c.mixer, c.optimizer) == want
         assert (learner.mixer.softmax_mixing_weights, learner.mixer.mixing) == want[1:3]
     high = make_train(load_config(["alg=alma", "num_envs=2", "batch_size=2", "buffer_size=4",
-                                   "optimizer=adam"])).high_learner
+                                   "alloc.optimizer=adam", "alloc.batch_size=2"])).high_learner
     assert high.cfg.optimizer == "adam"
 
 
@@ -413,3 +425,180 @@ def test_evaluate_cli_writes_metrics_and_gif(runs, tmp_path, capsys, alg):
         evaluate.main([f"out_dir={tmp_path / 'missing'}"])
     with pytest.raises(SystemExit, match="config error"):
         evaluate.main([f"out_dir={cfg.out_dir}", "nope=1"])
+
+
+# ------------------------------------------------------------- transfer between runs
+@pytest.fixture(scope="module")
+def frozen_alma(runs, tmp_path_factory):
+    """ALMA's allocator trained on the heuristic run's low level, frozen, via an export."""
+    from alma_jax.transfer import export_params
+
+    src_cfg, src_out, _ = runs("heuristic")
+    root = tmp_path_factory.mktemp("transfer")
+    export = root / "low.npz"
+    summary = export_params(src_cfg.out_dir, export)
+    cfg = tiny_config(root / "alma_frozen", "alma", num_seeds=2, seed=3, low_from=export,
+                      freeze_low="true")
+    return export, summary, cfg, train_mod.run(cfg)
+
+
+def test_export_holds_the_learners_only(runs, frozen_alma):
+    from alma_jax.transfer import load_source
+
+    export, summary, _, _ = frozen_alma
+    src_cfg, src_out, _ = runs("heuristic")
+    assert summary["seeds"] == [3, 4] and summary["bytes"] < 1_000_000
+    a, b = load_source(export), load_source(src_cfg.out_dir)
+    assert a.cfg == b.cfg == src_cfg
+    leaves_equal(a.low, jax.device_get(src_out["state"].low))
+    leaves_equal(a.low, b.low)
+    np.testing.assert_array_equal(a.t_env, np.asarray(src_out["state"].t_env))
+
+
+def test_frozen_low_level_is_bit_identical_and_the_allocator_learns(runs, frozen_alma):
+    _, _, cfg, out = frozen_alma
+    _, src_out, _ = runs("heuristic")
+    state = out["state"]
+    leaves_equal(jax.device_get(state.low), jax.device_get(src_out["state"].low))
+    assert np.all(np.asarray(state.updates) == 0)  # no low-level gradient step
+    fresh = jax.vmap(train_mod.make_train(cfg).init)(jax.vmap(jax.random.PRNGKey)(
+        jnp.arange(3, 5)))
+    changed = [not np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(state.high.critic),
+                               jax.tree.leaves(fresh.high.critic))]
+    assert any(changed)
+    chunks = [r for r in read_jsonl(cfg.out_dir) if "learner_updates" in r["mean"]]
+    assert "losses/q_loss" not in chunks[-1]["mean"]
+    assert np.isfinite(chunks[-1]["mean"]["losses/alloc_q_loss"])
+
+
+def test_low_from_seed_broadcast_and_mismatch_errors(runs, frozen_alma, tmp_path):
+    from alma_jax.transfer import load_source, prepare_low
+
+    export, _, cfg, _ = frozen_alma
+    src = load_source(export)
+    abstract = jax.eval_shape(jax.vmap(train_mod.make_train(cfg).init),
+                              jax.vmap(jax.random.PRNGKey)(jnp.arange(3, 5)))
+    one = prepare_low(dataclasses.replace(cfg, low_seed=4), abstract.low)
+    for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(src.low)):
+        np.testing.assert_array_equal(np.asarray(x)[0], np.asarray(y)[1])
+        np.testing.assert_array_equal(np.asarray(x)[1], np.asarray(y)[1])
+    with pytest.raises(ConfigError, match=r"low_seed=9 is not a seed.*\[3, 4\]"):
+        prepare_low(dataclasses.replace(cfg, low_seed=9), abstract.low)
+    with pytest.raises(ConfigError, match="2 seed.*num_seeds=3"):
+        prepare_low(dataclasses.replace(cfg, num_seeds=3), abstract.low)
+    # sizes or methods that differ stop before anything compiles, naming the key
+    for kw, named in (({"embed_dim": 8}, "embed_dim: 16 vs 8"),
+                      ({"hidden_dim": 16}, "hidden_dim"),
+                      ({"mixer": "vdn"}, "mixer")):
+        bad = tiny_config(tmp_path / "bad", "alma", num_seeds=2, seed=3, low_from=export,
+                          **kw)
+        with pytest.raises(ConfigError, match=named):
+            train_mod.run(bad)
+    flat = tiny_config(tmp_path / "flat", "aqmix", num_seeds=2, seed=3, low_from=export)
+    with pytest.raises(ConfigError, match="subtask_cond"):
+        train_mod.run(flat)
+    with pytest.raises(ConfigError, match="neither a run directory"):
+        train_mod.run(dataclasses.replace(cfg, low_from=str(tmp_path / "nothing")))
+
+
+def test_evaluate_pairs_one_runs_low_level_with_another_runs_allocator(runs, frozen_alma):
+    from alma_jax.evaluate import load_run
+
+    _, _, alma_cfg, alma_out = frozen_alma
+    src_cfg, src_out, _ = runs("heuristic")
+    cfg, fns, _, policy = load_run(src_cfg.out_dir, 4, high_from=alma_cfg.out_dir)
+    assert cfg.allocation == "aql" and fns.high_learner is not None
+    low_params, alloc = policy
+    leaves_equal(low_params, jax.device_get(src_out["state"].low.params))
+    leaves_equal(alloc.pi, jax.device_get(alma_out["state"].high.pi))
+    leaves_equal(alloc.critic, jax.device_get(alma_out["state"].high.critic))
+    assert float(np.max(np.asarray(alloc.eps_alloc))) == 0.0  # test mode: no exploration
+    # the allocator run under the heuristic: its own low level, no allocator parameters
+    cfg, fns, _, (low_params, alloc) = load_run(alma_cfg.out_dir, 4, high="heuristic")
+    assert cfg.allocation == "heuristic" and alloc is None and fns.high_learner is None
+    leaves_equal(low_params, jax.device_get(alma_out["state"].low.params))
+    with pytest.raises(ConfigError, match="no learned allocator"):
+        load_run(alma_cfg.out_dir, 4, high_from=src_cfg.out_dir)
+
+
+def test_evaluate_reports_a_solved_rate_interval(runs, tmp_path):
+    from alma_jax import evaluate
+
+    cfg, _, _ = runs("heuristic")
+    out = tmp_path / "eval.json"
+    summary = evaluate.main([f"out_dir={cfg.out_dir}", "episodes=4", "gif=none", "high=random",
+                             f"out={out}"])
+    assert summary["allocation"] == "random" and summary["alg"] == "random_alloc"
+    solved = summary["solved"]
+    assert solved["episodes"] == 8 and len(solved["ci95_per_seed"]) == 2
+    lo, hi = solved["ci95"]
+    assert 0.0 <= lo <= solved["rate"] <= hi <= 1.0
+    assert json.loads(out.read_text())["solved"] == solved
+    with pytest.raises(SystemExit, match="high='best' is not allowed"):
+        evaluate.main([f"out_dir={cfg.out_dir}", "high=best"])
+
+
+def test_wilson_interval_hand_values():
+    from alma_jax.evaluate import wilson_ci
+
+    lo, hi = wilson_ci(0, 1000)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.003827, abs=1e-5)
+    lo, hi = wilson_ci(120, 1000)  # p = 0.12: Wilson's interval, by hand 0.1013 .. 0.1416
+    assert (lo, hi) == (pytest.approx(0.10130, abs=1e-4), pytest.approx(0.14161, abs=1e-4))
+
+
+def test_run_start_messages(tmp_path, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(ConfigError, match=r"out_dir=.*file/run.* cannot be written"):
+        train_mod.run(tiny_config(blocked / "run"))
+    cfg = tiny_config(tmp_path / "typo", total_env_steps=1, resume="true")
+    train_mod.run(cfg)
+    assert "resume=true: no checkpoint in" in capsys.readouterr().out
+
+
+def test_allocator_settings_are_its_own():
+    """alloc.* sets the allocator's width and optimiser; the low level's keys and recipes
+    do not (alma.md E2); exploration horizons do not depend on the run's length (E1)."""
+    from alma_jax.schedules import schedules_from_config
+    from alma_jax.trainer import make_train
+
+    small = ["num_envs=2", "batch_size=2", "buffer_size=4", "alloc.batch_size=2"]
+    fns = make_train(load_config(["alg=alma", "recipe=cpu", *small]))
+    high, low = fns.high_learner.cfg, fns.learner.cfg
+    assert (low.embed_dim, low.optimizer, low.lr) == (32, "adam", 0.001)
+    assert (high.embed_dim, high.n_heads, high.optimizer, high.lr, high.grad_clip,
+            high.popart) == (128, 4, "rmsprop", 5e-4, 10.0, True)
+    fns = make_train(load_config(["alg=alma", *small, "alloc.embed_dim=64", "alloc.n_heads=2",
+                                  "alloc.lr=0.001", "alloc.popart=false", "embed_dim=32"]))
+    high = fns.high_learner.cfg
+    assert (high.embed_dim, high.n_heads, high.lr, high.popart) == (64, 2, 0.001, False)
+    assert fns.learner.cfg.embed_dim == 32
+    values = []
+    for total in (800_000, 15_000_000):
+        s = schedules_from_config(load_config(["alg=alma", f"total_env_steps={total}"]))
+        values.append([float(s.alloc_eps(t)) for t in (0, 375_000, 750_000)]
+                      + [float(s.prop_alloc_eps(t)) for t in (1_500_000, 3_000_000)])
+    assert values[0] == values[1] == pytest.approx([1.0, 0.5, 0.0, 0.525, 0.05])
+    import yaml
+
+    from alma_jax.config import CONFIG_DIR
+
+    for env in ("smac", "sc2multiarmy"):  # StarCraft: 0.05 and 0.2 of the original's 10M
+        d = yaml.safe_load((CONFIG_DIR / "env" / f"{env}.yaml").read_text())
+        assert (d["alloc_eps_anneal_time"], d["prop_alloc_eps_anneal_time"]) == (500_000,
+                                                                                 2_000_000)
+
+
+def test_saved_configs_with_fractions_still_load():
+    from alma_jax.config import from_saved
+
+    d = dataclasses.asdict(load_config(["alg=alma", "total_env_steps=2000000"]))
+    for k in ("alloc_eps_anneal_time", "prop_alloc_eps_anneal_time", "alloc", "low_from",
+              "freeze_low", "low_seed"):
+        d.pop(k)
+    d.update(alloc_eps_anneal_frac=0.05, prop_alloc_eps_anneal_frac=0.2)
+    cfg = from_saved(d)
+    assert (cfg.alloc_eps_anneal_time, cfg.prop_alloc_eps_anneal_time) == (100_000, 400_000)
+    assert cfg.alloc["embed_dim"] == 128

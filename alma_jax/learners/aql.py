@@ -54,6 +54,9 @@ METRIC_NAMES = (
 )
 
 
+LOSS_WEIGHTINGS = ("original", "spec")
+
+
 @dataclass(frozen=True)
 class AQLConfig:
     """Static settings of the high-level learner (defaults: the paper's, spec 4.8)."""
@@ -68,6 +71,12 @@ class AQLConfig:
     lr: float = 5e-4
     grad_clip: float = 10.0
     optimizer: str = "rmsprop"  # 'rmsprop' (paper) | 'adam', for both networks
+    popart: bool = True  # Pop-Art on the critic (the original's `popart` switches it too)
+    # 'original': what the original computes (errata E3, E4): the critic loss is
+    # Σ m·w²·δ² / Σ m·w and L_amort is weighted by w on every row but the last existing one
+    # (an in-place product on a view of the mask); 'spec': the spec's text, Σ m·w·δ² / Σ m·w
+    # and an unweighted L_amort.
+    loss_weighting: str = "original"
     entropy_coef: float = 0.01
     decay_old: int = 150000
     max_bs: int = 400
@@ -85,6 +94,9 @@ class AQLConfig:
     def __post_init__(self) -> None:
         if not self.pi_pointer_net:
             raise NotImplementedError("pi_pointer_net=False is not implemented")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"aql.loss_weighting={self.loss_weighting!r} is not allowed; "
+                             f"choose one of {list(LOSS_WEIGHTINGS)}")
 
 
 @struct.dataclass
@@ -387,16 +399,32 @@ class AQLLearner:
 
     def critic_loss(self, critic_params: Any, meta: MetaBatch, z: jax.Array, weight: jax.Array,
                     perm: jax.Array) -> jax.Array:
-        """Σ weight·(Q - Z)² / Σ weight with Q the critic on the executed allocations."""
+        """Σ weight^p·(Q - Z)² / Σ weight with Q the critic on the executed allocations;
+        p = 2 as the original computes it (E4), p = 1 for loss_weighting='spec'."""
         f = jax.vmap(self.critic_value, in_axes=(None, 0, 0, 0, 0, None))
         q = f(critic_params, meta.entities, meta.entity_mask, meta.entity2task_mask,
               meta.alloc, perm)
         err2 = jnp.where(weight > 0, (q - z) ** 2, 0.0)
-        return _safe_div(jnp.sum(weight * err2), jnp.sum(weight))
+        num_w = weight * weight if self.cfg.loss_weighting == "original" else weight
+        return _safe_div(jnp.sum(num_w * err2), jnp.sum(weight))
 
-    def policy_loss(self, pi_params: Any, meta: MetaBatch, props: Proposals
+    def amort_weight(self, meta: MetaBatch, t_env: jax.Array | int) -> jax.Array:
+        """Per-row weight of L_amort [R]: mask·exists, times the recency weight w on every
+        existing row but the last for loss_weighting='original' (E3)."""
+        m = (meta.mask & meta.exists).astype(jnp.float32)
+        if self.cfg.loss_weighting == "spec":
+            return m
+        exists_next = jnp.concatenate([meta.exists[1:], jnp.zeros_like(meta.exists[:1])])
+        w = jnp.where(exists_next, self.recency(meta.t_added, t_env), 1.0)
+        return m * w
+
+    def policy_loss(self, pi_params: Any, meta: MetaBatch, props: Proposals,
+                    row_weight: jax.Array | None = None
                     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Spec 3.10 by teacher forcing the sampled candidates -> (L_π, (L_amort, entropy))."""
+        """Spec 3.10 by teacher forcing the sampled candidates -> (L_π, (L_amort, entropy)).
+
+        `row_weight` [R] weights L_amort's rows (default mask·exists, the spec's form; the
+        update passes `amort_weight`)."""
         cfg = self.cfg
         na = cfg.n_agents
 
@@ -411,7 +439,7 @@ class AQLLearner:
                                           meta.entity2task_mask, meta.task_mask,
                                           meta.last_alloc, props.allocs)
         best_lp = jnp.take_along_axis(log_prob, props.best[:, None], axis=1)[:, 0]
-        m = (meta.mask & meta.exists).astype(jnp.float32)
+        m = (meta.mask & meta.exists).astype(jnp.float32) if row_weight is None else row_weight
         amort = _safe_div(-jnp.sum(m * best_lp), jnp.sum(m))
         ex = meta.exists.astype(jnp.float32)
         sampled = entropy[:, : cfg.n_proposals]  # a greedy extra candidate is not regularised
@@ -431,8 +459,11 @@ class AQLLearner:
 
         # Pop-Art first, then the forward with the rescaled affine (F2, as the low level).
         crit = state.critic["params"]
-        stats, a, b, z = popart_update(state.critic_stats, crit["popart_a"], crit["popart_b"],
-                                       y, m)
+        if self.cfg.popart:
+            stats, a, b, z = popart_update(state.critic_stats, crit["popart_a"],
+                                           crit["popart_b"], y, m)
+        else:  # raw targets; the critic's output affine stays at its initial identity
+            stats, a, b, z = state.critic_stats, crit["popart_a"], crit["popart_b"], y
         critic = dict(state.critic, params=dict(crit, popart_a=a, popart_b=b))
         weight = m.astype(jnp.float32) * self.recency(meta.t_added, t_env)
         q_perm = self.draw_perm(k_q)
@@ -441,7 +472,7 @@ class AQLLearner:
         critic = optax.apply_updates(critic, q_updates)
 
         (_, (amort, mean_ent)), pi_grads = jax.value_and_grad(self.policy_loss, has_aux=True)(
-            state.pi, meta, props)
+            state.pi, meta, props, self.amort_weight(meta, t_env))
         pi_updates, pi_opt = self.optimizer.update(pi_grads, state.pi_opt_state, state.pi)
         pi = optax.apply_updates(state.pi, pi_updates)
 

@@ -1,0 +1,194 @@
+"""Learners from one run used in another: parameter exports, `low_from`, `high_from`.
+
+A *source* is either a run directory (its `config.json` and `checkpoint/`) or a parameters
+export written by `export_params` (one `.npz`: the run's config, the low-level and allocation
+learner states of every seed and their `t_env`; no replay buffer, so a few hundred kB at
+the CPU recipe's sizes). Run directories are gitignored and do not outlive a machine; an
+export is small enough to commit.
+
+    python -m alma_jax.transfer export <run dir> <file.npz>
+
+`low_from=<source>` (see `alma_jax.train`) starts a run's low level from the source's (all
+of the learner state: parameters, optimiser state, target copies, Pop-Art statistics);
+`freeze_low=true` then trains only the allocator. `alma_jax.evaluate ... high_from=<source>`
+pairs one source's low level with another's allocator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alma_jax.config import Config, ConfigError, from_saved
+
+EXPORT_SUFFIX = ".npz"
+# Keys that define what a low level computes: a source must agree on these to be reused.
+LOW_LEVEL_KEYS = ("env", "env_args", "low_learner", "subtask_cond", "embed_dim", "n_heads",
+                  "hidden_dim", "mix_dim", "hyper_dim", "mixer", "softmax_mixing_weights",
+                  "popart", "optimizer", "lica", "refil", "copa")
+
+
+@dataclasses.dataclass
+class Source:
+    """A loaded source: its config and host-side (numpy) learner states, seed axis first."""
+
+    path: Path
+    cfg: Config
+    low: Any
+    high: Any
+    t_env: np.ndarray  # [S]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.cfg.seed, self.cfg.seed + self.cfg.num_seeds))
+
+
+def _abstract(cfg: Config) -> Any:
+    """Shapes of the seed-batched train state of `cfg` (traced, never compiled)."""
+    from alma_jax.trainer import make_train
+
+    fns = make_train(cfg)
+    seeds = jnp.arange(cfg.seed, cfg.seed + cfg.num_seeds)
+    return jax.eval_shape(jax.vmap(fns.init), jax.vmap(jax.random.PRNGKey)(seeds))
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {jax.tree_util.keystr(p): x
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _fill(abstract: Any, arrays: dict[str, np.ndarray], what: str, path: Path) -> Any:
+    """`abstract` with its leaves taken from `arrays` by tree path; errors name the leaf."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    leaves = []
+    for p, leaf in paths:
+        name = jax.tree_util.keystr(p)
+        if name not in arrays:
+            raise ConfigError(f"{path}: the export has no {what}{name}; it was written for "
+                              "another method or version")
+        x = arrays[name]
+        if x.shape != leaf.shape:
+            raise ConfigError(f"{path}: {what}{name} has shape {x.shape}, expected "
+                              f"{leaf.shape}")
+        leaves.append(x.astype(leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def is_export(path: str | Path) -> bool:
+    return str(path).endswith(EXPORT_SUFFIX)
+
+
+def load_source(path: str | Path) -> Source:
+    """A run directory's checkpoint (learners only, no replay buffer) or an export."""
+    path = Path(path)
+    if is_export(path):
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such parameters export")
+        with np.load(path) as z:
+            cfg = from_saved(json.loads(str(z["__config__"])))
+            arrays = {k: z[k] for k in z.files}
+        abstract = _abstract(cfg)
+        low = _fill(abstract.low, {k[4:]: v for k, v in arrays.items() if k.startswith("low:")},
+                    "low", path)
+        high = None
+        if abstract.high is not None:
+            high = _fill(abstract.high, {k[5:]: v for k, v in arrays.items()
+                                         if k.startswith("high:")}, "high", path)
+        return Source(path, cfg, low, high, np.asarray(arrays["__t_env__"]))
+    cfg_path, ckpt = path / "config.json", path / "checkpoint"
+    if not cfg_path.exists() or not ckpt.exists():
+        raise ConfigError(f"{path} is neither a run directory (config.json and checkpoint/) "
+                          f"nor a parameters export (*{EXPORT_SUFFIX})")
+    from alma_jax.checkpoint import load_partial
+
+    cfg = from_saved(json.loads(cfg_path.read_text()))
+    abstract = _abstract(cfg)
+    saved = load_partial(ckpt, {"low": abstract.low, "high": abstract.high,
+                                "t_env": abstract.t_env})
+    saved = jax.device_get(saved)
+    return Source(path, cfg, saved["low"], saved["high"], np.asarray(saved["t_env"]))
+
+
+def export_params(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the learners of `run_dir`'s checkpoint to `out` (*.npz); returns a summary."""
+    out = Path(out)
+    if not is_export(out):
+        raise ConfigError(f"export path {out} must end in {EXPORT_SUFFIX}")
+    src = load_source(run_dir)
+    arrays = {f"low:{k}": np.asarray(v) for k, v in _flat(src.low).items()}
+    if src.high is not None:
+        arrays.update({f"high:{k}": np.asarray(v) for k, v in _flat(src.high).items()})
+    arrays["__config__"] = np.array(json.dumps(dataclasses.asdict(src.cfg)))
+    arrays["__t_env__"] = src.t_env
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    return {"export": str(out), "bytes": out.stat().st_size, "alg": src.cfg.alg,
+            "seeds": src.seeds, "t_env": src.t_env.tolist()}
+
+
+def _differing(a: Config, b: Config, keys: tuple[str, ...]) -> list[str]:
+    return [f"{k}: {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in keys
+            if getattr(a, k) != getattr(b, k)]
+
+
+def check_low_compatible(src: Source, cfg: Config, abstract_low: Any) -> None:
+    """Stop (ConfigError) if the source's low level cannot be the run's: the keys that
+    define the low level differ, or its arrays do not have the run's shapes."""
+    diff = _differing(src.cfg, cfg, LOW_LEVEL_KEYS)
+    if diff:
+        raise ConfigError(f"low_from={src.path}: its low level differs from this run's in "
+                          + "; ".join(diff) + " (source vs this run)")
+    got = {k: v.shape[1:] for k, v in _flat(src.low).items()}
+    want = {k: v.shape[1:] for k, v in _flat(abstract_low).items()}
+    if got.keys() != want.keys():
+        raise ConfigError(f"low_from={src.path}: learner state differs in "
+                          f"{sorted(set(got) ^ set(want))[:5]}")
+    bad = [f"{k} {got[k]} vs {want[k]}" for k in want if got[k] != want[k]]
+    if bad:
+        raise ConfigError(f"low_from={src.path}: shapes differ: " + "; ".join(bad[:5]))
+
+
+def seed_rows(src: Source, cfg: Config) -> np.ndarray:
+    """Which source seed (row) each of the run's seeds starts from: seed i from seed i, or
+    every seed from `low_seed`."""
+    if cfg.low_seed is not None:
+        if cfg.low_seed not in src.seeds:
+            raise ConfigError(f"low_seed={cfg.low_seed} is not a seed of {src.path} (its "
+                              f"seeds: {src.seeds})")
+        return np.full((cfg.num_seeds,), src.seeds.index(cfg.low_seed))
+    if src.cfg.num_seeds != cfg.num_seeds:
+        raise ConfigError(f"low_from={src.path} has {src.cfg.num_seeds} seed(s), this run "
+                          f"num_seeds={cfg.num_seeds}: match them or pick one with low_seed=k "
+                          f"(one of {src.seeds})")
+    return np.arange(cfg.num_seeds)
+
+
+def prepare_low(cfg: Config, abstract_low: Any) -> Any:
+    """The seed-batched low-level state that `low_from` names, checked against the run
+    (call before compiling anything: errors cost no compile time)."""
+    src = load_source(cfg.low_from)
+    check_low_compatible(src, cfg, abstract_low)
+    rows = seed_rows(src, cfg)
+    return jax.tree.map(lambda x, a: np.asarray(x)[rows].astype(a.dtype), src.low,
+                        abstract_low)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or argv[0] != "export":
+        raise SystemExit("usage: python -m alma_jax.transfer export <run dir> <file.npz>")
+    try:
+        print(json.dumps(export_params(argv[1], argv[2]), indent=1))
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
