@@ -10,6 +10,9 @@ keys:
                 learned allocator (ALMA's zero-shot experiment, paper Fig. 6b)
   high          heuristic | random: evaluate out_dir's low level under the env's heuristic
                 or uniformly random allocation instead of its own
+  prop_eps      with a learned allocator: probability of acting on its first sampled proposal
+                instead of the critic's best (default 0; 1 = the proposal network alone, a
+                diagnostic of what the critic's choice adds)
   out           also write the printed JSON to this file
   episodes      test episodes per seed (default: the run's test_episodes; rounded up to a
                 multiple of num_envs)
@@ -40,7 +43,7 @@ from alma_jax.trainer import TrainFns, make_train
 
 DEFAULTS: dict[str, Any] = {
     "out_dir": None, "episodes": None, "gif": None, "gif_episodes": 2, "seed": 0, "cell": 24,
-    "fps": 4.0, "high_from": None, "high": None, "out": None,
+    "fps": 4.0, "high_from": None, "high": None, "out": None, "prop_eps": 0.0,
 }
 HIGH_CHOICES = {"heuristic": "heuristic", "random": "random_alloc"}  # high= -> its alg
 
@@ -61,7 +64,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     if opts["high"] is not None and opts["high_from"] is not None:
         raise ConfigError("give high=... or high_from=..., not both")
     for key, typ in (("episodes", int), ("gif_episodes", int), ("seed", int), ("cell", int),
-                     ("fps", float)):
+                     ("fps", float), ("prop_eps", float)):
         if opts[key] is not None:
             try:
                 opts[key] = typ(opts[key])
@@ -201,11 +204,16 @@ def wilson_ci(successes: float, n: int, z: float = 1.959964) -> tuple[float, flo
 
 def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None = None,
              gif_episodes: int = 2, seed: int = 0, cell: int = 24, fps: float = 4.0,
-             high_from: str | None = None, high: str | None = None, out: str | None = None
-             ) -> dict[str, Any]:
+             high_from: str | None = None, high: str | None = None, out: str | None = None,
+             prop_eps: float = 0.0) -> dict[str, Any]:
     """Evaluate the learners of a run directory or export; returns the printed summary."""
     out_dir = Path(out_dir)
     cfg, fns, saved, policy = load_run(out_dir, episodes, high_from, high)
+    if prop_eps:
+        if fns.high_learner is None:
+            raise ConfigError(f"prop_eps={prop_eps} needs a learned allocator (alg={cfg.alg})")
+        low_params, a = policy
+        policy = (low_params, a.replace(eps_prop=jnp.full_like(a.eps_prop, prop_eps)))
     keys = jax.random.split(jax.random.PRNGKey(seed), cfg.num_seeds)
     metrics = jax.device_get(jax.jit(jax.vmap(fns.evaluate_policy))(policy, keys))
     per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in sorted(metrics.items())}
@@ -213,7 +221,8 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
     summary: dict[str, Any] = {
         "out_dir": str(out_dir), "alg": cfg.alg, "t_env": np.asarray(saved["t_env"]).tolist(),
         "allocation": (f"learned, from {high_from}" if high_from is not None else
-                       high if high is not None else cfg.allocation),
+                       high if high is not None else cfg.allocation)
+        + (f" (first proposal with probability {prop_eps})" if prop_eps else ""),
         "episodes_per_seed": n_per_seed,
         "mean": {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                  for k, v in per_seed.items()},

@@ -537,6 +537,8 @@ def test_evaluate_reports_a_solved_rate_interval(runs, tmp_path):
     assert json.loads(out.read_text())["solved"] == solved
     with pytest.raises(SystemExit, match="high='best' is not allowed"):
         evaluate.main([f"out_dir={cfg.out_dir}", "high=best"])
+    with pytest.raises(SystemExit, match="prop_eps=1.0 needs a learned allocator"):
+        evaluate.main([f"out_dir={cfg.out_dir}", "prop_eps=1"])
 
 
 def test_wilson_interval_hand_values():
