@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -156,11 +155,14 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
         if cfg.low_from is not None:  # checked before anything compiles
             from alma_jax import transfer
 
-            low_init = transfer.prepare_low(cfg, jax.eval_shape(init, keys).low)
+            low_init, has_opt = transfer.prepare_low(cfg, jax.eval_shape(init, keys).low)
         state = init(keys)
         if low_init is not None:
-            state = state.replace(low=jax.tree.map(
-                lambda new, old: jax.device_put(new, old.sharding), low_init, state.low))
+            low = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), low_init,
+                               state.low)
+            if not has_opt:  # a parameters export: the optimisers start afresh
+                low = transfer.with_fresh_optimiser(low, state.low)
+            state = state.replace(low=low)
             print(f"low level from {cfg.low_from}"
                   + (" (frozen: training the allocator only)" if cfg.freeze_low else ""),
                   flush=True)
@@ -248,12 +250,12 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     try:
-        run(cfg)
+        out = run(cfg)
     except ConfigError as e:  # e.g. out_dir not writable, low_from not compatible
         raise SystemExit(f"config error: {e}") from None
     except RunStopped as e:
         raise SystemExit(f"run stopped: {e}") from None
-    print(f"done: {math.floor(cfg.total_env_steps)} env steps; metrics in {cfg.out_dir}")
+    print(f"done: {int(np.min(_to_host(out['t_env'])))} env steps; metrics in {cfg.out_dir}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ import numpy as np
 from alma_jax.config import Config, ConfigError, from_saved
 
 EXPORT_SUFFIX = ".npz"
+# Learner-state fields that hold optimiser moments (QMIX / LICA low levels, the allocator).
+# Exports leave them out: parameters, targets and Pop-Art statistics are what a later run or
+# an evaluation needs, at a third of the size; a run started from an export begins its
+# optimisers afresh.
+OPTIMISER_FIELDS = ("opt_state", "actor_opt", "critic_opt", "pi_opt_state",
+                    "critic_opt_state")
 # Keys that define what a low level computes: a source must agree on these to be reused.
 LOW_LEVEL_KEYS = ("env", "env_args", "low_learner", "subtask_cond", "embed_dim", "n_heads",
                   "hidden_dim", "mix_dim", "hyper_dim", "mixer", "softmax_mixing_weights",
@@ -44,6 +50,7 @@ class Source:
     low: Any
     high: Any
     t_env: np.ndarray  # [S]
+    has_optimiser: bool = True  # False for an export: optimiser leaves are zero placeholders
 
     @property
     def seeds(self) -> list[int]:
@@ -64,12 +71,21 @@ def _flat(tree: Any) -> dict[str, Any]:
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _is_optimiser(name: str) -> bool:
+    """Whether a leaf path (keystr) lies in one of the OPTIMISER_FIELDS."""
+    return any(name.startswith(f".{f}") and name[len(f) + 1:len(f) + 2] in ("", ".", "[")
+               for f in OPTIMISER_FIELDS)
+
+
 def _fill(abstract: Any, arrays: dict[str, np.ndarray], what: str, path: Path) -> Any:
     """`abstract` with its leaves taken from `arrays` by tree path; errors name the leaf."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     leaves = []
     for p, leaf in paths:
         name = jax.tree_util.keystr(p)
+        if name not in arrays and _is_optimiser(name):  # not exported: a placeholder
+            leaves.append(np.zeros(leaf.shape, leaf.dtype))
+            continue
         if name not in arrays:
             raise ConfigError(f"{path}: the export has no {what}{name}; it was written for "
                               "another method or version")
@@ -101,7 +117,8 @@ def load_source(path: str | Path) -> Source:
         if abstract.high is not None:
             high = _fill(abstract.high, {k[5:]: v for k, v in arrays.items()
                                          if k.startswith("high:")}, "high", path)
-        return Source(path, cfg, low, high, np.asarray(arrays["__t_env__"]))
+        has_opt = any(_is_optimiser(k.split(":", 1)[1]) for k in arrays if ":" in k)
+        return Source(path, cfg, low, high, np.asarray(arrays["__t_env__"]), has_opt)
     cfg_path, ckpt = path / "config.json", path / "checkpoint"
     if not cfg_path.exists() or not ckpt.exists():
         raise ConfigError(f"{path} is neither a run directory (config.json and checkpoint/) "
@@ -117,14 +134,17 @@ def load_source(path: str | Path) -> Source:
 
 
 def export_params(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write the learners of `run_dir`'s checkpoint to `out` (*.npz); returns a summary."""
+    """Write the learners of `run_dir`'s checkpoint to `out` (*.npz) without replay buffer
+    and optimiser moments; returns a summary."""
     out = Path(out)
     if not is_export(out):
         raise ConfigError(f"export path {out} must end in {EXPORT_SUFFIX}")
     src = load_source(run_dir)
-    arrays = {f"low:{k}": np.asarray(v) for k, v in _flat(src.low).items()}
-    if src.high is not None:
-        arrays.update({f"high:{k}": np.asarray(v) for k, v in _flat(src.high).items()})
+    arrays = {}
+    for part, tree in (("low", src.low), ("high", src.high)):
+        if tree is not None:
+            arrays.update({f"{part}:{k}": np.asarray(v) for k, v in _flat(tree).items()
+                           if not _is_optimiser(k)})
     arrays["__config__"] = np.array(json.dumps(dataclasses.asdict(src.cfg)))
     arrays["__t_env__"] = src.t_env
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +165,7 @@ def check_low_compatible(src: Source, cfg: Config, abstract_low: Any) -> None:
     if diff:
         raise ConfigError(f"low_from={src.path}: its low level differs from this run's in "
                           + "; ".join(diff) + " (source vs this run)")
-    got = {k: v.shape[1:] for k, v in _flat(src.low).items()}
+    got = {k: np.shape(v)[1:] for k, v in _flat(src.low).items()}
     want = {k: v.shape[1:] for k, v in _flat(abstract_low).items()}
     if got.keys() != want.keys():
         raise ConfigError(f"low_from={src.path}: learner state differs in "
@@ -170,14 +190,20 @@ def seed_rows(src: Source, cfg: Config) -> np.ndarray:
     return np.arange(cfg.num_seeds)
 
 
-def prepare_low(cfg: Config, abstract_low: Any) -> Any:
-    """The seed-batched low-level state that `low_from` names, checked against the run
-    (call before compiling anything: errors cost no compile time)."""
+def prepare_low(cfg: Config, abstract_low: Any) -> tuple[Any, bool]:
+    """(seed-batched low-level state that `low_from` names, whether it carries optimiser
+    states), checked against the run (call before compiling anything: errors cost no
+    compile time). Without optimiser states, `with_fresh_optimiser` completes it."""
     src = load_source(cfg.low_from)
     check_low_compatible(src, cfg, abstract_low)
     rows = seed_rows(src, cfg)
-    return jax.tree.map(lambda x, a: np.asarray(x)[rows].astype(a.dtype), src.low,
-                        abstract_low)
+    low = jax.tree.map(lambda x, a: np.asarray(x)[rows].astype(a.dtype), src.low, abstract_low)
+    return low, src.has_optimiser
+
+
+def with_fresh_optimiser(low: Any, fresh: Any) -> Any:
+    """`low` with the optimiser fields of `fresh` (a newly initialised learner state)."""
+    return low.replace(**{f: getattr(fresh, f) for f in OPTIMISER_FIELDS if hasattr(fresh, f)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -450,8 +450,12 @@ def test_export_holds_the_learners_only(runs, frozen_alma):
     assert summary["seeds"] == [3, 4] and summary["bytes"] < 1_000_000
     a, b = load_source(export), load_source(src_cfg.out_dir)
     assert a.cfg == b.cfg == src_cfg
-    leaves_equal(a.low, jax.device_get(src_out["state"].low))
-    leaves_equal(a.low, b.low)
+    assert b.has_optimiser and not a.has_optimiser  # exports leave optimiser moments out
+    full = jax.device_get(src_out["state"].low)
+    for field in ("params", "stats", "target_params", "target_stats"):
+        leaves_equal(getattr(a.low, field), getattr(full, field))
+        leaves_equal(getattr(a.low, field), getattr(b.low, field))
+    assert all(not np.any(x) for x in jax.tree.leaves(a.low.opt_state))
     np.testing.assert_array_equal(a.t_env, np.asarray(src_out["state"].t_env))
 
 
@@ -459,10 +463,13 @@ def test_frozen_low_level_is_bit_identical_and_the_allocator_learns(runs, frozen
     _, _, cfg, out = frozen_alma
     _, src_out, _ = runs("heuristic")
     state = out["state"]
-    leaves_equal(jax.device_get(state.low), jax.device_get(src_out["state"].low))
+    low, src_low = jax.device_get(state.low), jax.device_get(src_out["state"].low)
+    for field in ("params", "stats", "target_params", "target_stats"):
+        leaves_equal(getattr(low, field), getattr(src_low, field))
     assert np.all(np.asarray(state.updates) == 0)  # no low-level gradient step
     fresh = jax.vmap(train_mod.make_train(cfg).init)(jax.vmap(jax.random.PRNGKey)(
         jnp.arange(3, 5)))
+    leaves_equal(low.opt_state, jax.device_get(fresh.low.opt_state))  # fresh, never stepped
     changed = [not np.array_equal(np.asarray(x), np.asarray(y))
                for x, y in zip(jax.tree.leaves(state.high.critic),
                                jax.tree.leaves(fresh.high.critic))]
@@ -472,6 +479,18 @@ def test_frozen_low_level_is_bit_identical_and_the_allocator_learns(runs, frozen
     assert np.isfinite(chunks[-1]["mean"]["losses/alloc_q_loss"])
 
 
+def test_low_from_without_freezing_fine_tunes_the_low_level(runs, frozen_alma, tmp_path):
+    export, _, _, _ = frozen_alma
+    _, src_out, _ = runs("heuristic")
+    cfg = tiny_config(tmp_path / "tuned", "alma", num_seeds=2, seed=3, low_from=export,
+                      total_env_steps=300)
+    state = train_mod.run(cfg)["state"]
+    assert np.all(np.asarray(state.updates) > 0)
+    moved = [not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+             zip(jax.tree.leaves(state.low.params), jax.tree.leaves(src_out["state"].low.params))]
+    assert any(moved)
+
+
 def test_low_from_seed_broadcast_and_mismatch_errors(runs, frozen_alma, tmp_path):
     from alma_jax.transfer import load_source, prepare_low
 
@@ -479,8 +498,9 @@ def test_low_from_seed_broadcast_and_mismatch_errors(runs, frozen_alma, tmp_path
     src = load_source(export)
     abstract = jax.eval_shape(jax.vmap(train_mod.make_train(cfg).init),
                               jax.vmap(jax.random.PRNGKey)(jnp.arange(3, 5)))
-    one = prepare_low(dataclasses.replace(cfg, low_seed=4), abstract.low)
-    for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(src.low)):
+    one, has_opt = prepare_low(dataclasses.replace(cfg, low_seed=4), abstract.low)
+    assert not has_opt
+    for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(src.low.params)):
         np.testing.assert_array_equal(np.asarray(x)[0], np.asarray(y)[1])
         np.testing.assert_array_equal(np.asarray(x)[1], np.asarray(y)[1])
     with pytest.raises(ConfigError, match=r"low_seed=9 is not a seed.*\[3, 4\]"):
