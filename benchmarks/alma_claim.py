@@ -120,7 +120,8 @@ def plot(out: Path, result: dict, curve: dict | None) -> None:
                    label="heuristic (95% CI)")
         ax.axhline(RANDOM_POLICY["eval/solved_mean"], color="grey", ls="--", lw=1)
         ax.set(xlabel="allocator training env steps", ylabel="test solved rate",
-               title="allocator training (64 greedy episodes per point)")
+               title="allocator training\n(64 greedy episodes per seed and point)")
+        ax.title.set_fontsize(9)
         ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e3:.0f}k")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

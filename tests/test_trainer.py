@@ -62,7 +62,7 @@ def leaves_equal(a, b, exact=True):
         if exact or not np.issubdtype(x.dtype, np.floating):
             np.testing.assert_array_equal(x, y)
         else:
-            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=5e-6)
 
 
 @pytest.fixture(scope="module", autouse=True)
