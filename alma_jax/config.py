@@ -93,6 +93,9 @@ class Config:
     optimizer: str = "rmsprop"  # value learners (QMIX, ALMA's allocator): 'rmsprop' | 'adam'
     lr: float = 5e-4
     grad_clip: float = 10.0
+    # every network's contractions: 'fp32' | 'bf16' (bf16 inputs, fp32 accumulation; parameters,
+    # optimiser state, targets and losses stay fp32: alma_jax/nn/precision.py)
+    precision: str = "fp32"
     # network sizes
     embed_dim: int = 128
     n_heads: int = 4
@@ -124,6 +127,7 @@ ALLOWED: dict[str, tuple] = {
     "low_learner": ("qmix", "lica"),
     "mixer": ("qmix", "vdn"),
     "optimizer": ("rmsprop", "adam"),
+    "precision": ("fp32", "bf16"),
 }
 POSITIVE = {
     "num_seeds", "num_envs", "total_env_steps", "updates_per_rollout", "batch_size",
@@ -199,7 +203,7 @@ def _check_learner_options(cfg: Config) -> None:
         if cfg.subtask_cond == "full_obs":
             raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
                               "not 'full_obs'")
-    fixed = {"n_agents", "n_actions", "n_tasks", "entity_dim", "subtask_cond"}
+    fixed = {"n_agents", "n_actions", "n_tasks", "entity_dim", "subtask_cond", "precision"}
     for name, klass in groups.items():
         allowed = sorted({f.name for f in dc_fields(klass)} - fixed)
         bad = sorted(set(getattr(cfg, name)) - set(allowed))

@@ -94,7 +94,7 @@ def make_low_learner(cfg: Config, env) -> Any:
         n_step=cfg.n_step, popart=cfg.popart, softmax_mixing_weights=cfg.softmax_mixing_weights,
         mixer=cfg.mixer, optimizer=cfg.optimizer, embed_dim=cfg.embed_dim, n_heads=cfg.n_heads,
         hidden_dim=cfg.hidden_dim, mix_dim=cfg.mix_dim, hyper_dim=cfg.hyper_dim,
-        **dict(cfg.refil), **dict(cfg.copa),
+        precision=cfg.precision, **dict(cfg.refil), **dict(cfg.copa),
     ))
 
 
@@ -104,7 +104,7 @@ def lica_config(cfg: Config, env) -> Any:
 
     return LicaConfig(
         n_agents=env.n_agents, n_actions=env.n_actions, n_tasks=env.n_tasks,
-        subtask_cond=cfg.subtask_cond, **dict(cfg.lica),
+        subtask_cond=cfg.subtask_cond, precision=cfg.precision, **dict(cfg.lica),
     )
 
 
@@ -120,7 +120,7 @@ def make_high_learner(cfg: Config, env) -> Any:
         n_agents=env.n_agents, n_tasks=env.n_tasks, entity_dim=env.entity_dim,
         embed_dim=a["embed_dim"], n_heads=a["n_heads"], gamma=cfg.gamma, lr=float(a["lr"]),
         grad_clip=float(a["grad_clip"]), optimizer=a["optimizer"], popart=a["popart"],
-        action_length=cfg.action_length, **dict(cfg.aql),
+        action_length=cfg.action_length, precision=cfg.precision, **dict(cfg.aql),
     ))
 
 

@@ -8,20 +8,28 @@ import time
 
 import jax
 
+# The CPU features that decide XLA:CPU's matmul speed (vector width, bf16 and AMX units).
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                "amx_fp16", "neon", "sve", "bf16")
+
 
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and cpu in ("", platform.machine()):
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith(("flags", "Features")) and not flags:
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [x for x in MATMUL_FLAGS if x in have]
     except OSError:
         pass
     dev = jax.devices()[0]
     return {
         "cpu": cpu,
+        "cpu_flags": flags,
         "cores": os.cpu_count(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),

@@ -1,7 +1,7 @@
 """Training throughput: env steps/s of real runs (collect + store + update) at the paper's ratio.
 
     python benchmarks/train_throughput.py [--alg heuristic alma ...] [--num-envs 8 64 256]
-        [--rollouts 2]
+        [--precision fp32 bf16] [--rollouts 2]
 
 For each `num_envs` the run keeps the paper's update ratio (one gradient step on 32 windows of
 64 rows per collected episode: `updates_per_rollout = num_envs`) and the paper's network sizes.
@@ -30,10 +30,12 @@ from alma_jax.config import load_config  # noqa: E402
 from alma_jax.trainer import make_train  # noqa: E402
 
 
-def measure(alg: str, num_envs: int, rollouts: int, buffer_size: int) -> dict:
+def measure(alg: str, num_envs: int, rollouts: int, buffer_size: int,
+            precision: str = "fp32") -> dict:
     cfg = load_config([
         f"alg={alg}", f"num_envs={num_envs}", f"updates_per_rollout={num_envs}",
         f"rollouts_per_chunk={rollouts}", f"buffer_size={buffer_size}", "progress=false",
+        f"precision={precision}",
     ])
     fns = make_train(cfg)
     state = jax.jit(fns.init)(jax.random.PRNGKey(0))
@@ -51,7 +53,8 @@ def measure(alg: str, num_envs: int, rollouts: int, buffer_size: int) -> dict:
     run_s = time.perf_counter() - t0
     steps = int(state2.t_env - state.t_env)
     return {
-        "alg": alg, "num_envs": num_envs, "updates_per_rollout": num_envs,
+        "alg": alg, "precision": precision, "num_envs": num_envs,
+        "updates_per_rollout": num_envs,
         "rollouts": rollouts, "env_steps": steps,
         "learner_updates": int(np.sum(metrics["learner_updates"])),
         "compile_s": round(compile_s, 2), "run_s": round(run_s, 2),
@@ -63,15 +66,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--alg", nargs="+", default=["heuristic"])
     ap.add_argument("--num-envs", type=int, nargs="+", default=[8, 64, 256])
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     ap.add_argument("--rollouts", type=int, default=2, help="timed rollouts per size")
     ap.add_argument("--buffer-size", type=int, default=5000)
     args = ap.parse_args()
     results = []
     for alg in args.alg:
         for n in args.num_envs:
-            res = measure(alg, n, args.rollouts, max(args.buffer_size, 2 * n))
-            print(json.dumps(res), file=sys.stderr, flush=True)
-            results.append(res)
+            for p in args.precision:
+                res = measure(alg, n, args.rollouts, max(args.buffer_size, 2 * n), p)
+                print(json.dumps(res), file=sys.stderr, flush=True)
+                results.append(res)
     print(json.dumps({"benchmark": "train_throughput", "env": "savethecity",
                       "scenario": "2-5a_2-5b", "machine": machine_info(), "results": results},
                      indent=1))

@@ -27,6 +27,7 @@ from alma_jax.nn.allocator import (
     encode,
 )
 from alma_jax.nn.attention import membership
+from alma_jax.nn.precision import at_precision, check_precision
 from alma_jax.optim import make_optimizer
 from alma_jax.popart import PopArtStats, denormalise, popart_init, popart_update
 from envs_jax.core import Observation
@@ -90,10 +91,12 @@ class AQLConfig:
     pi_ag_attn: bool = False
     include_greedy_proposal: bool = False  # F10: off replicates the original
     stored_prev_alloc: bool = True  # F8: False = the original's last_alloc reconstruction
+    precision: str = "fp32"  # the networks' contractions: 'fp32' | 'bf16' (nn/precision.py)
 
     def __post_init__(self) -> None:
         if not self.pi_pointer_net:
             raise NotImplementedError("pi_pointer_net=False is not implemented")
+        check_precision(self.precision)
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"aql.loss_weighting={self.loss_weighting!r} is not allowed; "
                              f"choose one of {list(LOSS_WEIGHTINGS)}")
@@ -176,13 +179,14 @@ class AQLLearner:
 
     def __init__(self, cfg: AQLConfig):
         self.cfg = cfg
-        self.policy = AllocPolicy(
+        self.policy = at_precision(AllocPolicy(
             cfg.n_agents, cfg.embed_dim, cfg.n_heads, cfg.n_extra_tasks, cfg.count_norm,
             pi_autoreg=cfg.pi_autoreg, sel_task_upd=cfg.sel_task_upd,
             subtask_mask=cfg.subtask_mask, pi_ag_attn=cfg.pi_ag_attn,
-        )
-        self.critic = AllocCritic(cfg.n_agents, cfg.embed_dim, cfg.n_heads, cfg.n_extra_tasks,
-                                  cfg.count_norm)
+        ), cfg.precision)
+        self.critic = at_precision(AllocCritic(cfg.n_agents, cfg.embed_dim, cfg.n_heads,
+                                               cfg.n_extra_tasks, cfg.count_norm),
+                                   cfg.precision)
         self.optimizer = make_optimizer(lr=cfg.lr, clip=cfg.grad_clip, kind=cfg.optimizer)
 
     # ------------------------------------------------------------------------ state

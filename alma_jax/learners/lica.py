@@ -40,6 +40,7 @@ from alma_jax.nn.lica import (
     policy_entropy,
     policy_probs,
 )
+from alma_jax.nn.precision import at_precision, check_precision
 
 AGENTS = ("attention", "gru")
 CRITICS = ("mix", "mlp", "entity")
@@ -80,6 +81,7 @@ class LicaConfig:
     hypernet_layers: int = 2
     mlp_hidden: tuple[int, ...] = (256, 256)
     critic_activity_mask: bool = True  # entity critic keys also need both ends active (13.3)
+    precision: str = "fp32"  # the networks' contractions: 'fp32' | 'bf16' (nn/precision.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_hidden", tuple(self.mlp_hidden))
@@ -98,6 +100,7 @@ class LicaConfig:
             raise ValueError("subtask_cond='mask' needs the per-subtask critic (critic='entity')")
         if self.target_update_interval < 1:
             raise ValueError("target_update_interval must be >= 1 (critic steps)")
+        check_precision(self.precision)
 
     @property
     def critic_arch(self) -> str:
@@ -241,6 +244,8 @@ class LicaLearner:
             self.critic = MLPCritic(cfg.mlp_hidden)
         else:
             self.critic = EntityCritic(nact, cfg.mix_dim, cfg.hyper_dim, cfg.n_heads)
+        self.agent = at_precision(self.agent, cfg.precision)
+        self.critic = at_precision(self.critic, cfg.precision)
         self.actor_tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                                     optax.adam(cfg.actor_lr))
         self.critic_tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),

@@ -29,6 +29,7 @@ from alma_jax.nn.agent import EntityAttentionAgent, entity_inputs
 from alma_jax.nn.attention import both_active_block, group_block, membership
 from alma_jax.nn.copa import CopaCoach, CopaRecognition, sample_strategy, vi_terms
 from alma_jax.nn.mixers import MIXINGS, FlexQMixer
+from alma_jax.nn.precision import at_precision, check_precision
 from alma_jax.optim import OPTIMIZERS, make_optimizer
 from alma_jax.popart import PopArtStats, denormalise, popart_init, popart_update
 
@@ -71,6 +72,7 @@ class QMixConfig:
     copa: bool = False
     copa_vi_lambda: float = 5e-5
     mask_copa: bool = False  # with an allocation: group_block attention instead of TaskEmbed
+    precision: str = "fp32"  # the networks' contractions: 'fp32' | 'bf16' (nn/precision.py)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.im_lambda <= 1.0:
@@ -82,6 +84,7 @@ class QMixConfig:
                              f"{self.optimizer!r}")
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {self.n_step}")
+        check_precision(self.precision)
         if self.copa_vi_lambda < 0.0:
             raise ValueError(f"copa_vi_lambda must be >= 0, got {self.copa_vi_lambda}")
 
@@ -112,6 +115,23 @@ class Strategies(NamedTuple):
     mu: jax.Array
     logvar: jax.Array
     z_views: jax.Array | None = None
+
+
+class LossOut(NamedTuple):
+    """What one step's loss computed: the loss, Q_tot and TD errors [B, T-1, K] of the taken
+    actions, raw targets y, mask m (float) and its count n, the new Pop-Art statistics and
+    affine (a', b') and the logged loss terms."""
+
+    loss: jax.Array
+    qtot: jax.Array
+    err: jax.Array
+    y: jax.Array
+    mask: jax.Array
+    n: jax.Array
+    stats: PopArtStats
+    popart_a: jax.Array
+    popart_b: jax.Array
+    aux: dict
 
 
 class ImaginedGroups(NamedTuple):
@@ -173,21 +193,21 @@ class QMixLearner:
 
     def __init__(self, cfg: QMixConfig):
         self.cfg = cfg
-        self.agent = EntityAttentionAgent(
+        self.agent = at_precision(EntityAttentionAgent(
             cfg.n_agents, cfg.n_actions, cfg.embed_dim, cfg.n_heads, cfg.hidden_dim,
             subtask_cond=cfg.subtask_cond,
-        )
-        self.mixer = FlexQMixer(
+        ), cfg.precision)
+        self.mixer = at_precision(FlexQMixer(
             cfg.n_agents, cfg.mix_dim, cfg.hyper_dim, cfg.n_heads, subtask_cond=cfg.subtask_cond,
             softmax_mixing_weights=cfg.softmax_mixing_weights, mixing=cfg.mixer,
-        )
+        ), cfg.precision)
         self.optimizer = make_optimizer(lr=cfg.lr, clip=cfg.grad_clip, kind=cfg.optimizer)
         # mask_copa only applies with an allocation (spec 5.4): groups come from the mask then.
         self._copa_group_mask = cfg.mask_copa and cfg.subtask_cond is not None
         copa_sizes = dict(n_agents=cfg.n_agents, embed_dim=cfg.embed_dim, n_heads=cfg.n_heads,
                           hidden_dim=cfg.hidden_dim, task_embed=not self._copa_group_mask)
-        self.coach = CopaCoach(**copa_sizes)
-        self.recog = CopaRecognition(**copa_sizes)
+        self.coach = at_precision(CopaCoach(**copa_sizes), cfg.precision)
+        self.recog = at_precision(CopaRecognition(**copa_sizes), cfg.precision)
         # The rollout and trainer call a learner stateful iff `init_carry` is not None.
         self.init_carry: Callable[[int], jax.Array] | None = (
             self._copa_init_carry if cfg.copa else None)
@@ -437,23 +457,32 @@ class QMixLearner:
         COPA: z, z_target [B, T, NA, DA] are the held strategies of the online coach (for the
         double-Q argmax) and of the target coach (`copa_strategies`).
         """
-        cfg = self.cfg
-        if cfg.copa and (z is None or z_target is None):
+        if self.cfg.copa and (z is None or z_target is None):
             raise ValueError("copa=True: targets need the online and target strategies")
         alloc = self._alloc(w)
-        nxt_z = None if z is None else z[:, 1:]
-        nxt_zt = None if z_target is None else z_target[:, 1:]
+        q_select = self._select_utilities(state.params["agent"], w, alloc, z)
+        y, mask = self._targets_from(state, w, alloc, q_select, z_target)
+        return y, mask, alloc
+
+    def _select_utilities(self, agent_params, w: Window, alloc, z=None):
+        """Online utilities of rows t+1 [B, T-1, NA, NACT] for the double-Q argmax: with row
+        t+1's own allocation (F3) or, with dq_select_with_next_alloc=False, row t's."""
+        nxt = jax.tree.map(lambda x: x[:, 1:], w)
+        sel_alloc = alloc[:, 1:] if self.cfg.dq_select_with_next_alloc else alloc[:, :-1]
+        return self._utilities(agent_params, nxt, sel_alloc, None if z is None else z[:, 1:])
+
+    def _targets_from(self, state: LowState, w: Window, alloc, q_select, z_target=None):
+        """(Y, mask) given the online utilities `q_select` of rows t+1 (`_select_utilities`)."""
+        cfg = self.cfg
         # Rows t+1 evaluated with the allocation of row t ("what the agent was pursuing").
         alloc_prev = alloc[:, :-1]
         nxt = jax.tree.map(lambda x: x[:, 1:], w)
-        q_online_next = self._utilities(
-            state.params["agent"], nxt, alloc[:, 1:] if cfg.dq_select_with_next_alloc
-            else alloc_prev, nxt_z)
+        nxt_zt = None if z_target is None else z_target[:, 1:]
         q_target_next = self._utilities(state.target_params["agent"], nxt, alloc_prev, nxt_zt)
         avail = jax.vmap(jax.vmap(parse_avail, in_axes=(0, 0, None)), in_axes=(0, 0, None))(
             nxt.avail_actions, alloc_prev if cfg.subtask_cond else None,
             cfg.mask_subtask_actions)
-        greedy = jnp.argmax(jnp.where(avail, q_online_next, NEG), -1)
+        greedy = jnp.argmax(jnp.where(avail, q_select, NEG), -1)
         q_next = jnp.take_along_axis(q_target_next, greedy[..., None], -1)[..., 0]
         _, qtot_next = self._mixed(state.target_params["mixer"], q_next, nxt, alloc_prev)
         v_next = denormalise(state.target_stats, qtot_next)
@@ -466,7 +495,7 @@ class QMixLearner:
             d = w.terminated[:, :-1, None]
             mask = loss_mask(w)[:, :-1, None]
         y = nstep_targets(r, d, v_next, mask, cfg.gamma, cfg.n_step)
-        return jax.lax.stop_gradient(y), mask, alloc
+        return jax.lax.stop_gradient(y), mask
 
     def update(self, state: LowState, w: Window,
                key: jax.Array | None = None) -> tuple[LowState, dict[str, jax.Array]]:
@@ -476,51 +505,83 @@ class QMixLearner:
         permutations; required when either is on, unused otherwise. It is split into
         (groups, online coach, target coach, recognition net) keys.
         """
+        grads, out = self.loss_and_grads(state, w, key)
+        # the step starts from the rescaled affine (a', b'), as the loss saw it
+        params = jax.tree.map(lambda x: x, state.params)
+        params["mixer"]["params"] = dict(params["mixer"]["params"], popart_a=out.popart_a,
+                                         popart_b=out.popart_b)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
+        m, n = out.mask, out.n
+        metrics = dict(out.aux)
+        metrics.update({
+            "train_metrics/q_grad_norm": optax.tree.norm(grads),
+            "train_metrics/td_error_abs": jnp.sum(jnp.abs(out.err)) / n,
+            "train_metrics/q_taken_mean": jnp.sum(out.qtot * m) / n,
+            "train_metrics/target_mean": jnp.sum(out.y * m) / n,
+        })
+        return state.replace(params=params, opt_state=opt_state, stats=out.stats), metrics
+
+    def loss_and_grads(self, state: LowState, w: Window, key: jax.Array | None = None):
+        """(gradients, LossOut) of one step's loss at `state.params` with the rescaled Pop-Art
+        affine; `update` applies them (arguments as `update`).
+
+        One online agent pass over all T rows serves both the loss (rows 0..T-2) and the
+        double-Q argmax (rows 1..T-1, under stop_gradient): with F3's default both evaluate
+        row t under its own allocation, and the agents' utilities do not depend on Pop-Art.
+        The targets, and so the new Pop-Art statistics and affine (a', b'), are therefore
+        computed inside the differentiated function; the loss sees exactly a', b' and its
+        gradient with respect to the affine is the one taken at a', b' (spec F2's order).
+        """
         cfg = self.cfg
         if (cfg.imagine or cfg.copa) and key is None:
             raise ValueError("update needs a key when imagine or copa is on")
         alloc = self._alloc(w)
-        im = strat_fn = None
-        z_sel = z_target = None
+        im = None
         if key is not None:
             k_im, k_coach, k_target, k_recog = jax.random.split(key, 4)
         if cfg.imagine:
             im = self.imagined_groups(k_im, w)
+        z_target = None
         if cfg.copa:
-            def strat_fn(coach_params):
-                # one key for the loss and the argmax: both see the same strategies
-                return self.copa_strategies(coach_params, w, alloc, k_coach, im)
-
-            # the argmax needs only the normal view; same key, so the same draw as strat_fn
-            z_sel = jax.lax.stop_gradient(self.copa_strategies(
-                state.params["coach"], w, alloc, k_coach).z)
             z_target = self.copa_strategies(state.target_params["coach"], w, alloc,
                                             k_target).z
-        y, mask, alloc = self.targets(state, w, z_sel, z_target)
-        m = mask.astype(jnp.float32)
-        n = jnp.maximum(jnp.sum(m), 1.0)
-        mixer = state.params["mixer"]["params"]
-        if cfg.popart:
-            stats, a, b, y_norm = popart_update(state.stats, mixer["popart_a"],
-                                                mixer["popart_b"], y, m)
-        else:  # statistics stay uninitialised, so target denormalisation is the identity
-            stats, a, b, y_norm = state.stats, mixer["popart_a"], mixer["popart_b"], y
-        params = jax.tree.map(lambda x: x, state.params)
-        params["mixer"]["params"] = dict(mixer, popart_a=a, popart_b=b)
         cur = jax.tree.map(lambda x: x[:, :-1], w)
         cur_alloc = alloc[:, :-1]
         flat_mask = loss_mask(w)[:, :-1]
         if cfg.imagine:
             agent_views, mixer_views = self._refil_masks(im, cur, cur_alloc)
+        sg = jax.lax.stop_gradient
 
         def chosen(q):
             return jnp.take_along_axis(q, cur.actions[..., None], -1)[..., 0]
 
         def loss_fn(p):
-            strat = strat_fn(p["coach"]) if cfg.copa else None
-            z_cur = None if strat is None else strat.z[:, :-1]
-            q_taken = chosen(self._utilities(p["agent"], cur, cur_alloc, z_cur))
-            _, qtot = self._mixed(p["mixer"], q_taken, cur, cur_alloc)
+            # one key for the loss and the argmax: both see the same strategies (`z` does not
+            # depend on REFIL's groups)
+            strat = self.copa_strategies(p["coach"], w, alloc, k_coach, im) if cfg.copa \
+                else None
+            z_all = None if strat is None else strat.z
+            q_all = self._utilities(p["agent"], w, alloc, z_all)  # [B, T, NA, NACT]
+            if cfg.dq_select_with_next_alloc:
+                q_select = sg(q_all[:, 1:])
+            else:  # rows t+1 under row t's allocation: a pass of its own
+                q_select = sg(self._select_utilities(p["agent"], w, alloc, z_all))
+            y, mask = self._targets_from(state, w, alloc, q_select, z_target)
+            m = mask.astype(jnp.float32)
+            n = jnp.maximum(jnp.sum(m), 1.0)
+            a_old, b_old = (sg(p["mixer"]["params"][k]) for k in ("popart_a", "popart_b"))
+            if cfg.popart:
+                stats, a_new, b_new, y_norm = popart_update(state.stats, a_old, b_old, y, m)
+            else:  # statistics stay uninitialised, so target denormalisation is the identity
+                stats, a_new, b_new, y_norm = state.stats, a_old, b_old, y
+            # The affine takes the value a' (b') exactly and the identity as its derivative.
+            mixer = dict(p["mixer"]["params"])
+            for k, new in (("popart_a", a_new), ("popart_b", b_new)):
+                mixer[k] = sg(new) + (mixer[k] - sg(mixer[k]))
+            p_mixer = dict(p["mixer"], params=mixer)
+            q_taken = chosen(q_all[:, :-1])
+            _, qtot = self._mixed(p_mixer, q_taken, cur, cur_alloc)
             err = (qtot - y_norm) * m
             q_loss = jnp.sum(err**2) / n
             loss, aux = q_loss, {"losses/q_loss": q_loss}
@@ -532,7 +593,7 @@ class QMixLearner:
                         agent_views[:, :, v], cfg.imagine_respect_subtask))
                     for v in range(2)
                 ]
-                _, qtot_im = self._mixed(p["mixer"], jnp.concatenate(q_views, -1), cur,
+                _, qtot_im = self._mixed(p_mixer, jnp.concatenate(q_views, -1), cur,
                                          cur_alloc, mixer_views)
                 im_loss = jnp.sum(((qtot_im - y_norm) * m) ** 2) / n
                 loss = (1.0 - cfg.im_lambda) * loss + cfg.im_lambda * im_loss
@@ -545,19 +606,10 @@ class QMixLearner:
                 aux["losses/copa_entropy_loss"] = ent
             if cfg.imagine or cfg.copa:
                 aux["losses/total_loss"] = loss
-            return loss, (qtot, err, aux)
+            return loss, LossOut(loss, qtot, err, y, m, n, stats, a_new, b_new, aux)
 
-        (_, (qtot, err, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(aux)
-        metrics.update({
-            "train_metrics/q_grad_norm": optax.tree.norm(grads),
-            "train_metrics/td_error_abs": jnp.sum(jnp.abs(err)) / n,
-            "train_metrics/q_taken_mean": jnp.sum(qtot * m) / n,
-            "train_metrics/target_mean": jnp.sum(y * m) / n,
-        })
-        return state.replace(params=params, opt_state=opt_state, stats=stats), metrics
+        (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return grads, out
 
     def update_target(self, state: LowState) -> LowState:
         """Hard copy of every network (COPA's included) and the Pop-Art statistics (4.5)."""

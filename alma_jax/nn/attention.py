@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alma_jax.nn.init import dense
+from alma_jax.nn import precision
+from alma_jax.nn.init import dense, torch_uniform
 
 # Finite stand-in for -inf: exp underflows to exactly 0, and a fully blocked row stays finite.
 NEG_INF = -1e9
@@ -38,6 +39,22 @@ def both_active_block(entity_mask: jax.Array, n_queries: int) -> jax.Array:
     return group_block(~entity_mask[:, None])[:n_queries]
 
 
+class QKVProjection(nn.Module):
+    """The bias-free q/k/v projection (one kernel [Din, 3D], columns q | k | v), with queries
+    computed for the first NQ rows only: the other rows' queries would be discarded."""
+
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, n_q: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [N, Din] -> q [NQ, D], k [N, D], v [N, D]."""
+        d = self.embed_dim
+        kernel = self.param("kernel", torch_uniform(x.shape[-1]), (x.shape[-1], 3 * d))
+        q = precision.dot(x[:n_q], kernel[:, :d])
+        kv = precision.dot(x, kernel[:, d:])
+        return q, kv[:, :d], kv[:, d:]
+
+
 class MaskedMHA(nn.Module):
     """Masked multi-head self-attention whose queries are the first NQ entities.
 
@@ -54,16 +71,15 @@ class MaskedMHA(nn.Module):
         n_q = blocked.shape[0]
         n, head_dim = x.shape[0], self.embed_dim // self.n_heads
         assert head_dim * self.n_heads == self.embed_dim, "embed_dim must divide into heads"
-        qkv = dense(3 * self.embed_dim, use_bias=False, name="qkv")(x)
-        q, k, v = jnp.split(qkv, 3, axis=-1)
-        q = q[:n_q].reshape(n_q, self.n_heads, head_dim)
+        q, k, v = QKVProjection(self.embed_dim, name="qkv")(x, n_q)
+        q = q.reshape(n_q, self.n_heads, head_dim)
         k = k.reshape(n, self.n_heads, head_dim)
         v = v.reshape(n, self.n_heads, head_dim)
-        logits = jnp.einsum("qhd,khd->hqk", q, k) / jnp.sqrt(jnp.float32(head_dim))
+        logits = precision.einsum("qhd,khd->hqk", q, k) / jnp.sqrt(jnp.float32(head_dim))
         blocked = blocked.astype(bool)[None]
         w = jax.nn.softmax(jnp.where(blocked, NEG_INF, logits), axis=-1)
         # Second where: a fully blocked row would otherwise be uniform; the original zeroes it.
         w = jnp.where(blocked, 0.0, w)
-        heads = jnp.einsum("hqk,khd->qhd", w, v).reshape(n_q, self.embed_dim)
+        heads = precision.einsum("hqk,khd->qhd", w, v).reshape(n_q, self.embed_dim)
         out = dense(self.out_dim, name="out")(heads)
         return jnp.where(qvalid[:, None], out, 0.0)

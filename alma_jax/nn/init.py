@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alma_jax.nn import precision
+
 
 def torch_uniform(fan_in: int) -> nn.initializers.Initializer:
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's nn.Linear default for kernel and bias."""
@@ -32,7 +34,7 @@ class TorchDense(nn.Module):
         """x: [..., Din] -> [..., features]."""
         fan_in = x.shape[-1]
         kernel = self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
-        y = jnp.dot(x, kernel)
+        y = precision.dot(x, kernel)
         if self.use_bias:
             y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
         return y

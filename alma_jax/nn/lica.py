@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alma_jax.nn import precision
 from alma_jax.nn.attention import both_active_block, group_block
 from alma_jax.nn.init import dense, torch_uniform
 from alma_jax.nn.mixers import AttentionHyperNet
@@ -103,8 +104,8 @@ class TorchGRUCell(nn.Module):
         w_hh = self.param("w_hh", init, (H, 3 * H))
         b_ih = self.param("b_ih", init, (3 * H,))
         b_hh = self.param("b_hh", init, (3 * H,))
-        gi = x @ w_ih + b_ih
-        gh = h @ w_hh + b_hh
+        gi = precision.dot(x, w_ih) + b_ih
+        gh = precision.dot(h, w_hh) + b_hh
         i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
         h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
         r = jax.nn.sigmoid(i_r + h_r)
