@@ -180,8 +180,7 @@ def measure(name: str, precision: str, overrides: list[str], peaks: dict, repeat
     unit_s = UNIT_GFLOP / peaks["fp32"]
     return {
         "learner": name, "alg": cfg.alg, "precision": precision,
-        "batch": f"{cfg.batch_size}x{cfg.max_traj_len}" if name != "alma_alloc"
-        else f"{alloc_settings(cfg)['batch_size']}x{cfg.max_traj_len}",
+        "batch": "x".join(map(str, args[1].entities.shape[:2])),  # windows x rows
         "gflop": round(flops / 1e9, 2), "step_s": round(sec, 4),
         "gflop_per_s": round(flops / sec / 1e9, 1),
         "fraction_of_fp32_peak": round(flops / sec / 1e9 / peaks["fp32"], 3),

@@ -18,7 +18,7 @@ from scipy import stats as sps
 from alma_jax import buffer as bf
 from alma_jax.learners.qmix import QMixConfig, QMixLearner, nstep_targets
 from alma_jax.optim import make_optimizer
-from alma_jax.popart import ALPHA, PopArtStats
+from alma_jax.popart import ALPHA, PopArtStats, popart_update
 
 NA, NB, NT, NACT, ED = 2, 2, 2, 4, 3  # agents, buildings (non-agent entities), subtasks, ...
 NE = NA + NB
@@ -374,6 +374,43 @@ def test_update_popart_first_then_loss(setup, window, ref_targets, initialised):
     # targets untouched by the step
     for x, y in zip(jax.tree.leaves(new.target_params), jax.tree.leaves(state.target_params)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_loss_and_grads_is_the_gradient_at_the_rescaled_affine(setup, window):
+    """The one-pass step (targets and Pop-Art inside the differentiated function) gives the
+    gradient of the plain two-pass recipe: targets from their own online pass, statistics
+    updated, then the loss differentiated at the rescaled affine (a', b')."""
+    _, learner, state, _, _, _ = setup
+    state = state.replace(stats=ONLINE_STATS)  # initialised: the affine really is rescaled
+
+    def two_pass(state, w, rescale=True):
+        y, mask, alloc = learner.targets(state, w)
+        m = mask.astype(jnp.float32)
+        mixer = state.params["mixer"]["params"]
+        _, a, b, z = popart_update(state.stats, mixer["popart_a"], mixer["popart_b"], y, m)
+        params = jax.tree.map(lambda x: x, state.params)
+        if rescale:
+            params["mixer"]["params"] = dict(mixer, popart_a=a, popart_b=b)
+        cur = jax.tree.map(lambda x: x[:, :-1], w)
+
+        def loss(p):
+            q = learner._utilities(p["agent"], cur, alloc[:, :-1])
+            q = jnp.take_along_axis(q, cur.actions[..., None], -1)[..., 0]
+            _, qtot = learner._mixed(p["mixer"], q, cur, alloc[:, :-1])
+            return jnp.sum(((qtot - z) * m) ** 2) / jnp.maximum(jnp.sum(m), 1.0)
+
+        return jax.grad(loss)(params), a, b
+
+    grads, out = jax.jit(learner.loss_and_grads)(state, window)
+    want, a, b = jax.jit(two_pass)(state, window)
+    np.testing.assert_allclose(np.asarray(out.popart_a), np.asarray(a), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.popart_b), np.asarray(b), rtol=1e-6, atol=1e-7)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6)
+    # the affine's gradient at the old (a, b) is another one: the comparison can fail
+    old = jax.jit(lambda s, w: two_pass(s, w, rescale=False)[0])(state, window)
+    g_a = np.asarray(grads["mixer"]["params"]["popart_a"])
+    assert np.max(np.abs(g_a - np.asarray(old["mixer"]["params"]["popart_a"]))) > 1e-4
 
 
 def test_update_without_popart_fits_raw_targets(setup, window, ref_targets):
