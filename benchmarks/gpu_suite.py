@@ -2,10 +2,11 @@
 
     python benchmarks/gpu_suite.py [--out benchmarks/results/gpu_suite.json] [--quick]
 
-Runs, each as its own process with a time limit, at GPU sizes (thousands of envs, 8-32
-seeds): `env_throughput.py` (1k-64k envs), `train_throughput.py` (`heuristic` and `alma` at
-64-1,024 envs, fp32 and bf16), `seeds.py` (1, 8 and 32 vmapped seeds), `memory.py` (what fits
-in this device's memory) and `update_cost.py` (every learner, fp32 and bf16). Writes one JSON
+Runs, each as its own process with a time limit (475 s in all), at GPU sizes (thousands of
+envs, 8-32 seeds): `env_throughput.py` (1k-64k envs), `train_throughput.py` (`heuristic` and
+`alma` at 1,024 envs, fp32 and bf16), `seeds.py` (1, 8 and 16 vmapped seeds against as many
+separate runs), `memory.py` (seeds and buffers that fit in this device's memory, up to 32
+seeds) and `update_cost.py` (every learner, fp32 and bf16). Writes one JSON
 with every part's document (or its error) and prints the README's GPU table in Markdown.
 `--quick` shrinks every size so the whole suite can be checked on a CPU in a few minutes;
 its numbers mean nothing.
@@ -27,15 +28,15 @@ sys.path.insert(0, str(HERE))
 PARTS = [
     ("env_throughput", "env_throughput.py",
      ["--num-envs", "1024", "4096", "16384", "65536", "--repeats", "3"],
-     ["--num-envs", "64", "--steps", "32", "--repeats", "1"], 90),
+     ["--num-envs", "64", "--steps", "32", "--repeats", "1"], 60),
     ("train_throughput", "train_throughput.py",
-     ["--alg", "heuristic", "alma", "--num-envs", "64", "256", "1024",
-      "--precision", "fp32", "bf16", "--rollouts", "2"],
-     ["--alg", "heuristic", "--num-envs", "8", "--rollouts", "1", "--buffer-size", "64"], 200),
+     ["--alg", "heuristic", "alma", "--num-envs", "1024", "--precision", "fp32", "bf16",
+      "--rollouts", "2"],
+     ["--alg", "heuristic", "--num-envs", "8", "--rollouts", "1", "--buffer-size", "64"], 150),
     ("seeds", "seeds.py", ["--seeds", "1", "8", "16", "--chunks", "2"],
-     ["--seeds", "1", "2", "--chunks", "1"], 150),
+     ["--seeds", "1", "2", "--chunks", "1"], 100),
     ("memory", "memory.py", ["--seeds", "1", "8", "32", "--buffer-sizes", "5000", "20000"],
-     ["--seeds", "1", "2", "--buffer-sizes", "100"], 60),
+     ["--seeds", "1", "2", "--buffer-sizes", "100"], 45),
     ("update_cost", "update_cost.py",
      ["--learners", "heuristic", "aqmix", "alma_alloc", "lica", "--precision", "fp32", "bf16",
       "--top", "8"],
@@ -57,8 +58,8 @@ def run_part(script: str, args: list[str], limit: int) -> dict:
     return {"result": json.loads(proc.stdout), "wall_s": wall}
 
 
-def table(parts: dict) -> str:
-    """The README's GPU table: one line per headline figure, '-' where a part failed."""
+def table(parts: dict, device: str = "one GPU") -> str:
+    """The README's GPU table: one line per headline figure; failed parts are left out."""
     rows = []
 
     def res(name):
@@ -80,7 +81,7 @@ def table(parts: dict) -> str:
                      f"({r.get('speedup_excl_compile', '-')}x separate runs)"))
     if not rows:
         return "GPU: not measured (every part failed; see the JSON)\n"
-    lines = ["| what (one GPU) | figure |", "|---|---|"]
+    lines = [f"| what ({device}) | figure |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
     return "\n".join(lines) + "\n"
 
@@ -98,8 +99,11 @@ def main() -> None:
         parts[name] = run_part(script, quick_args if args.quick else gpu_args, limit)
         status = parts[name].get("error", "ok")
         print(f"{name}: {status} ({parts[name]['wall_s']} s)", file=sys.stderr, flush=True)
-    doc = {"benchmark": "gpu_suite", "quick": args.quick, "machine": machine_info(),
-           "wall_s": round(time.perf_counter() - t0, 1), "parts": parts, "table": table(parts)}
+    machine = machine_info()
+    device = f"{machine['device']}, {machine['backend']}" + (", --quick" if args.quick else "")
+    doc = {"benchmark": "gpu_suite", "quick": args.quick, "machine": machine,
+           "wall_s": round(time.perf_counter() - t0, 1), "parts": parts,
+           "table": table(parts, device)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(doc["table"])
