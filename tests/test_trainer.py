@@ -627,3 +627,34 @@ def test_saved_configs_with_fractions_still_load():
     cfg = from_saved(d)
     assert (cfg.alloc_eps_anneal_time, cfg.prop_alloc_eps_anneal_time) == (100_000, 400_000)
     assert cfg.alloc["embed_dim"] == 128
+
+
+@pytest.mark.parametrize("alg", ["alma", "alma_lica"])
+def test_bf16_trains_every_network_and_keeps_fp32_state(tmp_path, alg):
+    """precision=bf16 through the whole trainer (QMIX or LICA low level and the allocator):
+    finite losses, every learner moves, and parameters and optimiser state stay fp32."""
+    from alma_jax.trainer import make_train
+
+    cfg = tiny_config(tmp_path, alg, precision="bf16")
+    fns = make_train(cfg)
+    state0 = jax.jit(fns.init)(jax.random.key(0))
+    chunk = jax.jit(fns.chunk)
+    state, _ = chunk(state0)
+    state, metrics = chunk(state)
+    assert int(state.updates) > 0
+    for key, v in metrics.items():
+        if key.startswith("losses/"):
+            assert np.all(np.isfinite(np.asarray(v))), key
+    for before, after in ((state0.low.params, state.low.params),
+                          (state0.high.critic, state.high.critic),
+                          (state0.high.pi, state.high.pi)):
+        assert not nothing_moved(before, after)
+    floats = [x for x in jax.tree.leaves((state.low, state.high))
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)
+
+
+def nothing_moved(a, b) -> bool:
+    """True if every leaf of a equals b's (nothing moved)."""
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
