@@ -70,6 +70,24 @@ def test_torch_dense_init_bounds():
     assert set(no_bias["params"]) == {"kernel"}
 
 
+@pytest.mark.parametrize("fan_in", [1, 2, 3])
+def test_torch_dense_is_affine_on_narrow_inputs(fan_in):
+    """Inputs up to SMALL_FAN_IN wide take the broadcast-product path, wider ones the dot:
+    both give the values and gradients of x·W + b."""
+    x = jax.random.normal(jax.random.key(1), (4, 3, fan_in))
+    module = TorchDense(5)
+    params = module.init(jax.random.key(0), x)
+
+    def ref(p, x):
+        return x @ p["params"]["kernel"] + p["params"]["bias"]
+
+    np.testing.assert_allclose(module.apply(params, x), ref(params, x), rtol=1e-6, atol=1e-6)
+    g = jax.grad(lambda p: jnp.sum(jnp.sin(module.apply(p, x))))(params)
+    g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(ref(p, x))))(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ 2: attention
 @pytest.fixture(scope="module")
 def mha():

@@ -8,6 +8,9 @@ import jax.numpy as jnp
 
 from alma_jax.nn import precision
 
+# Inputs this narrow (the allocator's [members, non-members] counts) skip the matmul path.
+SMALL_FAN_IN = 2
+
 
 def torch_uniform(fan_in: int) -> nn.initializers.Initializer:
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's nn.Linear default for kernel and bias."""
@@ -34,7 +37,13 @@ class TorchDense(nn.Module):
         """x: [..., Din] -> [..., features]."""
         fan_in = x.shape[-1]
         kernel = self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
-        y = precision.dot(x, kernel)
+        if fan_in <= SMALL_FAN_IN:
+            # A sum of broadcast products: XLA:CPU runs the weight gradient of a dot this
+            # skinny (a [fan_in, N] · [N, features] contraction over every row) as a slow
+            # unfused dot; as products its gradient is a reduction fused with its neighbours.
+            y = sum(x[..., i, None] * kernel[i] for i in range(fan_in))
+        else:
+            y = precision.dot(x, kernel)
         if self.use_bias:
             y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
         return y
