@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
-from learning_curve import RANDOM_POLICY, read_curve  # noqa: E402
+from learning_curve import finish_axes, read_curve  # noqa: E402
 
 KEYS = (("eval/solved_mean", "test solved rate"),
         ("eval/prop_buildings_completed_mean", "test buildings completed"),
@@ -74,12 +74,7 @@ def plot(out: Path, algs: list[str]) -> dict:
             (line,) = ax.plot(ts, mean, marker="o", ms=3, label=f"{alg} ({v.shape[1]} seeds)")
             ax.fill_between(ts, q25, q75, color=line.get_color(), alpha=0.2)
             ax.set(xlabel="env steps", ylabel=label)
-    for ax, (key, _) in zip(axes, KEYS):
-        ax.axhline(RANDOM_POLICY[key], color="grey", ls="--", lw=1, label="random policy")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e3:.0f}k")
+    finish_axes(axes, [key for key, _ in KEYS])
     fig.suptitle("SaveTheCity: greedy test episodes (mean over seeds, band = IQR)")
     fig.tight_layout()
     fig.savefig(out / "compare.png", dpi=110)

@@ -30,6 +30,16 @@ RANDOM_POLICY = {"eval/solved_mean": 0.0, "eval/prop_buildings_completed_mean": 
                  "eval/return_mean": -43.35}
 
 
+def finish_axes(axes, metric_keys) -> None:
+    """Shared look of the env-step plots: the random policy's value of each panel's metric
+    (RANDOM_POLICY key) dashed, a grid, a legend, and env steps in thousands."""
+    for ax, key in zip(axes, metric_keys):
+        ax.axhline(RANDOM_POLICY[key], color="grey", ls="--", lw=1, label="random policy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e3:.0f}k")
+
+
 def read_curve(metrics: Path, key: str) -> tuple[list[int], np.ndarray]:
     ts, vals = [], []
     for line in metrics.read_text().splitlines():

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning_curve import RANDOM_POLICY  # noqa: E402
+from learning_curve import finish_axes  # noqa: E402
 
 METRICS = (("eval_solved_per_seed", "eval/solved_mean", "test solved rate", True),
            ("eval_prop_buildings_completed_per_seed", "eval/prop_buildings_completed_mean",
@@ -85,11 +85,7 @@ def plot(runs: list[tuple[str, dict]], out: Path) -> None:
                               label=f"{name} ({v.shape[1]} seeds)")
             ax.fill_between(t, v.min(1), v.max(1), color=line.get_color(), alpha=0.2)
             ax.set(xlabel="env steps", ylabel=label)
-    for ax, (_, rkey, _, _) in zip(axes, METRICS):
-        ax.axhline(RANDOM_POLICY[rkey], color="grey", ls="--", lw=1, label="random policy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e3:.0f}k")
+    finish_axes(axes, [rkey for _, rkey, _, _ in METRICS])
     fig.suptitle("recipe=cpu heuristic on 2-5a_2-5b: bf16 vs fp32 (seed mean, band = min-max)")
     fig.tight_layout()
     fig.savefig(out / "precision_check.png", dpi=110)
