@@ -79,6 +79,44 @@ class Environment:
         """
         return jax.vmap(self.step_env)(keys, state, actions)
 
+    def step_autoreset_batch(self, keys: jax.Array, state: Any, actions: jax.Array,
+                             max_resets: int | None = None):
+        """`jax.vmap(self.step)` (auto-reset) for E environments, resetting only the done ones.
+
+        The same outputs, bit for bit, as the vmapped `step`, which draws a full reset for
+        every environment on every step and keeps it for the ~1% that finished. Here the done
+        environments' reset states are drawn in `max_resets` compacted slots (default E // 32,
+        at least 1) and scattered into the stepped state; when more than that finish on one
+        step (every episode timing out together) a `lax.cond` resets all of them instead.
+        Only the small state goes through the scatter and the cond: the observation is then
+        built once from the selected state, as `step` does (scattering observations costs
+        more than building them).
+        """
+        if max_resets is not None and max_resets < 1:
+            raise ValueError(f"max_resets must be >= 1, got {max_resets!r}")
+        n = keys.shape[0]
+        k = min(n, max(1, n // 32) if max_resets is None else int(max_resets))
+        split = jax.vmap(jax.random.split)(keys)  # the per-env split of `step`
+        key_step, key_reset = split[:, 0], split[:, 1]
+        obs_end, state_end, reward, done, info = self.step_batch(key_step, state, actions)
+
+        def some(_):
+            idx = jnp.nonzero(done, size=k, fill_value=n)[0]  # n = "no slot": dropped below
+            _, fresh = self.reset_batch(key_reset[jnp.minimum(idx, n - 1)])
+            return jax.tree.map(lambda old, new: old.at[idx].set(new, mode="drop"),
+                                state_end, fresh)
+
+        def every(_):
+            _, fresh = self.reset_batch(key_reset)
+            return jax.vmap(select_tree)(done, fresh, state_end)
+
+        if k == n:
+            state = every(None)
+        else:
+            state = jax.lax.cond(jnp.sum(done) <= k, some, every, None)
+        obs = jax.vmap(self.get_obs)(state)
+        return obs, state, reward, done, dict(info, terminal_obs=obs_end)
+
     def step(self, key: jax.Array, state: Any, actions: jax.Array):
         """One transition; on `done` the returned obs/state belong to a fresh episode."""
         key_step, key_reset = jax.random.split(key)

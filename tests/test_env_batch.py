@@ -1,0 +1,88 @@
+"""The batched auto-resetting step is `jax.vmap(env.step)`, bit for bit (issue 19)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs_jax
+from envs_jax.savethecity.policies import uniform_valid
+
+
+def _same(a, b) -> list[str]:
+    """Paths of the leaves that differ (NaN equal to NaN, dtypes and shapes must match)."""
+    bad = []
+    la = jax.tree_util.tree_flatten_with_path(a)[0]
+    lb = jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for (path, x), y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y, equal_nan=True):
+            bad.append(jax.tree_util.keystr(path))
+    return bad
+
+
+@pytest.mark.parametrize("scenario,max_resets", [("2-5a_2-5b", 3), ("2-8a_2-8b", None)])
+def test_step_autoreset_batch_is_vmapped_step(scenario, max_resets):
+    """Whole random episodes, both branches (few done: compacted resets; many: reset all)."""
+    env = envs_jax.make("savethecity", scenario=scenario)
+    n = 64
+    vm = jax.jit(jax.vmap(env.step))
+    batch = jax.jit(lambda k, s, a: env.step_autoreset_batch(k, s, a, max_resets=max_resets))
+    k = max(1, n // 32) if max_resets is None else max_resets
+    obs, state = env.reset_batch(jax.random.split(jax.random.key(3), n))
+    key = jax.random.key(4)
+    branches = set()
+    for _ in range(env.episode_limit + 40):
+        key, ka, ks = jax.random.split(key, 3)
+        actions = uniform_valid(ka, obs)
+        keys = jax.random.split(ks, n)
+        ref = vm(keys, state, actions)
+        out = batch(keys, state, actions)
+        assert _same(ref, out) == []
+        n_done = int(ref[3].sum())
+        if n_done:
+            branches.add("some" if n_done <= k else "every")
+        obs, state = out[0], out[1]
+    assert branches == {"some", "every"}  # time-outs come together: both paths ran
+
+
+def test_step_autoreset_batch_float64():
+    """Under x64 (as the reference tests run) the outputs are still identical."""
+    with jax.enable_x64(True):
+        env = envs_jax.make("savethecity")
+        n = 16
+        obs, state = jax.jit(env.reset_batch)(jax.random.split(jax.random.key(0), n))
+        vm = jax.jit(jax.vmap(env.step))
+        batch = jax.jit(lambda k, s, a: env.step_autoreset_batch(k, s, a, max_resets=2))
+        key = jax.random.key(1)
+        for _ in range(100):
+            key, ka, ks = jax.random.split(key, 3)
+            actions = uniform_valid(ka, obs)
+            keys = jax.random.split(ks, n)
+            ref = vm(keys, state, actions)
+            out = batch(keys, state, actions)
+            assert _same(ref, out) == []
+            obs, state = out[0], out[1]
+        assert state.health.dtype == jnp.float64
+
+
+def test_step_autoreset_batch_on_a_one_step_game():
+    """The traffic junction ends every episode on every step: the reset-all path."""
+    env = envs_jax.make("traffic_junction")
+    n = 8
+    obs, state = env.reset_batch(jax.random.split(jax.random.key(0), n))
+    keys = jax.random.split(jax.random.key(1), n)
+    actions = jnp.zeros((n, env.n_agents), jnp.int32)
+    assert _same(jax.vmap(env.step)(keys, state, actions),
+                 env.step_autoreset_batch(keys, state, actions)) == []
+
+
+def test_step_autoreset_batch_rejects_bad_max_resets():
+    env = envs_jax.make("savethecity")
+    state = jax.eval_shape(env.reset_batch, jax.random.split(jax.random.key(0), 4))[1]
+    with pytest.raises(ValueError, match="max_resets"):
+        env.step_autoreset_batch(jax.random.split(jax.random.key(1), 4), state,
+                                 jnp.zeros((4, env.n_agents), jnp.int32), max_resets=0)
