@@ -35,15 +35,19 @@ def _uniform_among(key: jax.Array, allowed: jax.Array) -> jax.Array:
 
     Picks the k-th allowed entry with k = floor(u * count): one random number per agent
     instead of one per action, drawn with the cheap hash generator of `envs_jax.rng`, keeps
-    random-number generation off the critical path of vmapped rollouts. Rows without any
-    True entry give 0 (never happens for real agents: "stay" is always available).
+    random-number generation off the critical path of vmapped rollouts. The k-th allowed
+    entry's index is the number of entries whose inclusive running count is <= k (a sum,
+    not an argmax: reductions to an index are slow on XLA:CPU). Rows without any True entry
+    give 0 (never happens for real agents: "stay" is always available).
     """
     ok = allowed.astype(jnp.float32)
     n = allowed.shape[-1]
-    before = ok @ jnp.triu(jnp.ones((n, n), jnp.float32), 1)  # allowed entries before each
+    upto = ok @ jnp.triu(jnp.ones((n, n), jnp.float32))  # allowed entries up to each
+    count = upto[..., -1]
     u = hash_uniforms(key, math.prod(allowed.shape[:-1])).reshape(allowed.shape[:-1])
-    k = jnp.floor(u * jnp.sum(ok, -1))
-    return jnp.argmax(allowed & (before == k[..., None]), -1).astype(jnp.int32)
+    k = jnp.floor(u * count)
+    index = jnp.sum(upto <= k[..., None], -1, dtype=jnp.int32)
+    return jnp.where(count > 0, index, 0)
 
 
 def _avail(obs) -> jax.Array:
