@@ -492,19 +492,16 @@ class SaveTheCity(Environment):
         col = jnp.arange(ENTITY_DIM)
 
         def rows(pos, etype, valid, tail, tail_start):
-            # One elementwise expression per block of rows (no concatenation of feature
-            # pieces): XLA fuses it into a single pass over the [rows, 58] output.
-            x, y = pos[:, :1], pos[:, 1:]
-            onehot = (col == etype[:, None]) | (col == x + 5) | (col == y + 21)
-            scaled = jnp.where(col == 37, x, y).astype(fdt) / sc.MAP_SIZE
-            # Placing the per-row features with a constant 0/1 matrix product (instead of a
-            # pad) makes XLA compute them once per row: fused into the [rows, 58] loop they
-            # were recomputed for every column.
-            width = tail.shape[1]
-            place = np.zeros((width, ENTITY_DIM), np.float32)
-            place[np.arange(width), tail_start + np.arange(width)] = 1.0
-            tail = jnp.dot(tail, place.astype(fdt), precision=jax.lax.Precision.HIGHEST)
-            val = jnp.where(col < 37, onehot.astype(fdt), jnp.where(col < 39, scaled, tail))
+            # The feature blocks side by side in one concatenation: XLA writes the
+            # [rows, 58] output once (a 0/1 placement matrix product, the previous form,
+            # materialised a second array of that size; pieces are cheap to recompute).
+            n, width = tail.shape
+            onehot = (col[:37] == etype[:, None]) | (col[:37] == pos[:, :1] + 5) | (
+                col[:37] == pos[:, 1:] + 21)
+            pieces = [onehot.astype(fdt), pos.astype(fdt) / sc.MAP_SIZE,
+                      jnp.zeros((n, tail_start - 39), fdt), tail.astype(fdt),
+                      jnp.zeros((n, ENTITY_DIM - tail_start - width), fdt)]
+            val = jnp.concatenate([p for p in pieces if p.shape[1]], 1)
             return jnp.where(valid[:, None], val, 0.0)
 
         period = state.period.astype(fdt)
