@@ -3,11 +3,11 @@
     python benchmarks/env_scaling.py [--num-envs 1 16 256 1024] [--scenario-envs 256] \
         [--scenarios 2-5a_2-5b ... 24a_24b] [--steps 64] [--plot env_scaling.png]
 
-The loop of `benchmarks/env_throughput.py` (random valid actions sampled inside the jitted
-`lax.scan`, observations consumed every step, `vmap` over environments), stepping as the
-trainer's rollout does by default (`step_batch`, no auto-reset; `--step auto_reset` steps with
-`env.step`, a reset inside every step, as env_throughput.py). Two sweeps: num_envs at
-`--scenario` and, at `--scenario-envs` environments, every scenario family, whose static
+The loops of `benchmarks/_env_loop.py` (random valid actions sampled inside the jitted
+`lax.scan`, observations consumed every step), stepping as the trainer's rollout does by
+default (`step_batch`, no auto-reset; `--step auto_reset` steps with
+`env.step_autoreset_batch` in the steady state, as env_throughput.py). Two sweeps: num_envs
+at `--scenario` and, at `--scenario-envs` environments, every scenario family, whose static
 sizes grow with the largest team: n_agents agents, n_tasks = n_agents + 1 buildings (one
 subtask each), n_entities = agents + buildings. Compile time is measured separately and
 excluded. A log-log fit of the cost per env step against n_entities summarises the growth.
@@ -21,52 +21,27 @@ import json
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info, time_env_runner  # noqa: E402
-from env_throughput import make_runner, obs_checksum  # noqa: E402
+from _env_loop import make_loop, time_loop  # noqa: E402
+from _machine import machine_info  # noqa: E402
 
 import envs_jax  # noqa: E402
-from envs_jax.savethecity.policies import uniform_valid  # noqa: E402
 
 FAMILIES = ["2-5a_2-5b", "2-8a_2-8b", "2-10a_2-10b", "12a_12b", "16a_16b", "20a_20b",
             "24a_24b"]
-
-
-def make_no_reset_runner(env, num_envs: int, num_steps: int):
-    """The trainer's stepping: `step_batch` (no auto-reset), kept stepping after `done`."""
-
-    def run(key):
-        key, k0 = jax.random.split(key)
-        obs, state = env.reset_batch(jax.random.split(k0, num_envs))
-
-        def body(carry, _):
-            key, obs, state, acc = carry
-            key, ka, ks = jax.random.split(key, 3)
-            actions = uniform_valid(ka, obs)
-            obs, state, reward, done, _ = env.step_batch(jax.random.split(ks, num_envs),
-                                                         state, actions)
-            acc = acc + obs_checksum(obs) + jnp.sum(reward) + jnp.sum(done)
-            return (key, obs, state, acc), None
-
-        init = (key, obs, state, jnp.zeros((), jnp.float32))
-        (_, _, _, acc), _ = jax.lax.scan(body, init, None, length=num_steps)
-        return acc
-
-    return jax.jit(run)
 
 
 def measure(env, num_envs: int, num_steps: int, repeats: int, step: str,
             terminal_obs: bool) -> dict:
     """Best-of-`repeats` env steps/s of one configuration; compile timed separately."""
     if step == "auto_reset":
-        run = make_runner(env, num_envs, num_steps, terminal_obs)
+        mode = "autoreset_terminal" if terminal_obs else "autoreset"
     else:
-        run = make_no_reset_runner(env, num_envs, num_steps)
-    return time_env_runner(run, num_envs, num_steps, repeats)
+        mode = "trainer"
+    init, run = make_loop(env, num_envs, num_steps, mode)
+    return time_loop(init, run, num_envs, num_steps, repeats)
 
 
 def sizes(env) -> dict:
