@@ -96,6 +96,8 @@ class Environment:
             raise ValueError(f"max_resets must be >= 1, got {max_resets!r}")
         n = keys.shape[0]
         k = min(n, max(1, n // 32) if max_resets is None else int(max_resets))
+        if k == n:  # no room to compact (a single env, or max_resets >= E)
+            return jax.vmap(self.step)(keys, state, actions)
         split = jax.vmap(jax.random.split)(keys)  # the per-env split of `step`
         key_step, key_reset = split[:, 0], split[:, 1]
         obs_end, state_end, reward, done, info = self.step_batch(key_step, state, actions)
@@ -110,10 +112,7 @@ class Environment:
             _, fresh = self.reset_batch(key_reset)
             return jax.vmap(select_tree)(done, fresh, state_end)
 
-        if k == n:
-            state = every(None)
-        else:
-            state = jax.lax.cond(jnp.sum(done) <= k, some, every, None)
+        state = jax.lax.cond(jnp.sum(done) <= k, some, every, None)
         obs = jax.vmap(self.get_obs)(state)
         return obs, state, reward, done, dict(info, terminal_obs=obs_end)
 
