@@ -600,15 +600,19 @@ def test_other_families_step(scenario):
 
 
 # ------------------------------------------- the vectorised loops against their literal forms
-def test_draw_without_replacement_is_the_list_pop_loop():
-    """Sampling positions (spec 4.5, 4.6a) equals `lst.pop(int(u * len(lst)))`, 24 of 25 too."""
-    from envs_jax.savethecity.env import _draw_without_replacement
+@pytest.mark.parametrize("impl", ["bits", "slots"])
+def test_draw_without_replacement_is_the_list_pop_loop(impl):
+    """Sampling positions (spec 4.5, 4.6a) equals `lst.pop(int(u * len(lst)))`, 24 of 25 too;
+    the one-word bitmask form (n_max <= 32, bit 31 included) and the slot-mask form alike."""
+    from envs_jax.savethecity import env as env_module
 
+    draw = (env_module._draw_without_replacement if impl == "bits"
+            else env_module._draw_without_replacement_slots)
     rng = np.random.default_rng(0)
-    for k, n, n_max in ((1, 1, 4), (3, 9, 9), (5, 7, 25), (24, 25, 25), (25, 25, 25)):
+    for k, n, n_max in ((1, 1, 4), (3, 9, 9), (5, 7, 25), (24, 25, 25), (25, 25, 25),
+                        (32, 32, 32), (10, 31, 32), (6, 30, 40)):
         u = rng.random((200, k)).astype(np.float32)
-        got = np.asarray(jax.vmap(lambda r, n=n, m=n_max: _draw_without_replacement(
-            r, jnp.int32(n), m))(u))
+        got = np.asarray(jax.vmap(lambda r, n=n, m=n_max: draw(r, jnp.int32(n), m))(u))
         want = []
         for row in u:
             lst = list(range(n))

@@ -652,7 +652,34 @@ def _draw_without_replacement(u: jax.Array, n_items, n_max: int) -> jax.Array:
     A "taken" mask over the n_max slots stands in for the list: the r-th remaining item is
     the first slot where the running count of free slots exceeds r. A chain of k steps of
     O(n_max) each. u: [k] uniforms; returns [k] int32 (valid while k <= n_items).
+
+    For n_max <= 32 (every scenario family) the mask is one uint32 word and the r-th free
+    slot is the number of slots whose prefix of the word holds at most r free bits: one
+    fused reduction per draw instead of a running sum, a search and an update (a reset is
+    a chain of such draws, and at the few envs reset per step the number of kernels, not
+    their size, sets its cost).
     """
+    if n_max > 32:
+        return _draw_without_replacement_slots(u, n_items, n_max)
+    slots = jnp.arange(n_max, dtype=jnp.uint32)
+    prefix = (jnp.uint32(2) << slots) - jnp.uint32(1)  # bits 0..j (wraps to all ones at 31)
+    n_items = jnp.asarray(n_items, jnp.int32)
+    free = jnp.where(n_items >= 32, jnp.uint32(0xFFFFFFFF),
+                     (jnp.uint32(1) << jnp.minimum(n_items, 31).astype(jnp.uint32))
+                     - jnp.uint32(1))
+    picks = []
+    for k in range(u.shape[0]):
+        remaining = n_items - k
+        r = jnp.minimum((u[k] * remaining).astype(jnp.int32), remaining - 1)
+        below = jax.lax.population_count(free & prefix).astype(jnp.int32) <= r
+        x = jnp.sum(below, dtype=jnp.int32)
+        free = free & ~(jnp.uint32(1) << x.astype(jnp.uint32))
+        picks.append(x)
+    return jnp.stack(picks)
+
+
+def _draw_without_replacement_slots(u: jax.Array, n_items, n_max: int) -> jax.Array:
+    """`_draw_without_replacement` with a boolean slot mask (any n_max)."""
     slots = jnp.arange(n_max)
     free = slots < n_items
     picks = []
