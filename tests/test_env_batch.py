@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import envs_jax
 from envs_jax.savethecity.policies import uniform_valid
@@ -86,3 +88,43 @@ def test_step_autoreset_batch_rejects_bad_max_resets():
     with pytest.raises(ValueError, match="max_resets"):
         env.step_autoreset_batch(jax.random.split(jax.random.key(1), 4), state,
                                  jnp.zeros((4, env.n_agents), jnp.int32), max_resets=0)
+
+
+# ------------------------------------------------ random (unreachable too) states, hypothesis
+_N = 32
+_ENV = None
+
+
+def _fns():
+    global _ENV
+    if _ENV is None:
+        env = envs_jax.make("savethecity")
+        _ENV = (env, jax.jit(env.reset_batch), jax.jit(jax.vmap(env.step)),
+                jax.jit(lambda k, s, a: env.step_autoreset_batch(k, s, a, max_resets=2)))
+    return _ENV
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), late=st.floats(0.0, 1.0))
+def test_step_autoreset_batch_on_random_states(seed, late):
+    """Random health, fire, timers and clocks (a share `late` of the envs one step from the
+    time limit, so both the compacted and the reset-all branch occur) and random actions,
+    including unavailable ones: every output leaf is identical to the vmapped step's."""
+    env, reset, vm, batch = _fns()
+    rng = np.random.default_rng(seed)
+    _, state = reset(jax.random.split(jax.random.key(seed % 1000), _N))
+    b = state.health.shape
+    t = np.where(rng.random(_N) < late, env.episode_limit - 1,
+                 rng.integers(0, env.episode_limit, _N))
+    state = state.replace(
+        health=jnp.where(state.bld_valid, jnp.asarray(rng.choice(
+            [0.0, 0.5, 0.999, 1.0], b) * rng.random(b) ** 0.1, jnp.float32), state.health),
+        fire=jnp.where(state.bld_valid, jnp.asarray(rng.random(b) * (rng.random(b) < 0.5),
+                                                      jnp.float32), state.fire),
+        ttnf=jnp.where(state.bld_valid, jnp.asarray(rng.integers(0, 4, b), jnp.int32),
+                       state.ttnf),
+        t=jnp.asarray(t, jnp.int32),
+    )
+    actions = jnp.asarray(rng.integers(0, env.n_actions, (_N, env.n_agents)), jnp.int32)
+    keys = jax.random.split(jax.random.key(seed), _N)
+    assert _same(vm(keys, state, actions), batch(keys, state, actions)) == []

@@ -645,3 +645,11 @@ def test_collision_walk_equals_pair_loop_with_many_agents():
         want = np.stack([pair_loop(*x) for x in zip(pos, valid, coins)])
         np.testing.assert_array_equal(got, want)
         assert want.any()
+
+
+def test_move_delta_arithmetic_is_the_table():
+    """The arithmetic move offsets equal the MOVE_DELTA table for every action index."""
+    from envs_jax.savethecity.env import MOVE_DELTA, N_ACTIONS, _move_delta
+
+    got = np.asarray(_move_delta(jnp.arange(N_ACTIONS)))
+    np.testing.assert_array_equal(got, MOVE_DELTA)

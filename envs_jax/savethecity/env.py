@@ -350,7 +350,7 @@ class SaveTheCity(Environment):
 
         # Moves: destination was checked against start-of-step occupancy (11.1).
         prev_pos = state.agent_pos
-        pos = prev_pos + _lookup(MOVE_DELTA, actions)
+        pos = prev_pos + _move_delta(actions)
 
         # Interactions target the unique adjacent building (11.3).
         is_ext = (actions == EXTINGUISH)[:, None] & adjacent  # [A, B]
@@ -635,6 +635,19 @@ def _lookup(table, idx, axis: int = 0):
     hit = hit.reshape(hit.shape + (1,) * (table.ndim - 1))
     axis = idx.ndim if hasattr(idx, "ndim") else 0
     return jnp.sum(jnp.where(hit, table, 0), axis, dtype=table.dtype)
+
+
+def _move_delta(actions: jax.Array) -> jax.Array:
+    """`MOVE_DELTA[actions]` [..., 2] by arithmetic on the action index: move a = 1 + 4(d-1) + k
+    goes d cells along DIRECTIONS[k] = (0,1), (1,0), (0,-1), (-1,0); every other action stays.
+    (A one-hot lookup over the 12 actions cost ~7% of a step.)"""
+    m = actions - 1
+    is_move = (m >= 0) & (m < 4 * MAX_MOVE_DIST)
+    d = jnp.where(is_move, m // 4 + 1, 0)
+    k = m % 4
+    dx = (k == 1).astype(jnp.int32) - (k == 3).astype(jnp.int32)
+    dy = (k == 0).astype(jnp.int32) - (k == 2).astype(jnp.int32)
+    return jnp.stack([d * dx, d * dy], -1).astype(jnp.int32)
 
 
 def _split_sizes(u: jax.Array, sizes: list[int]) -> list[jax.Array]:
