@@ -725,9 +725,11 @@ def _collision_losers(pos: jax.Array, valid: jax.Array, coins: jax.Array) -> jax
     lost = jnp.zeros(A, bool)
     for j in range(A):
         rival = holding & (cell == cell[j]) & (slot < j) & valid[j]  # at most one: the holder
-        h = jnp.argmax(rival)
-        pair = h * (2 * A - h - 1) // 2 + (j - h - 1)  # index of pair (h, j) in loop order
-        j_loses = jnp.any(rival) & coins[jnp.clip(pair, 0, coins.shape[0] - 1)]
+        # the coin of pair (h, j) for the holder h, as a masked sum: no index search, no gather
+        i = np.arange(A)
+        pair = np.clip(i * (2 * A - i - 1) // 2 + (j - i - 1), 0, coins.shape[0] - 1)
+        coin_j = coins[pair]  # coin of pair (i, j) in loop order (meaningful for i < j)
+        j_loses = jnp.any(rival & coin_j)
         h_loses = rival & ~j_loses & jnp.any(rival)
         holding = (holding & ~h_loses).at[j].set(valid[j] & ~j_loses)
         lost = (lost | h_loses).at[j].set(j_loses)
