@@ -1,10 +1,9 @@
-"""Machine description attached to every benchmark's JSON output, and a shared timer."""
+"""Machine description attached to every benchmark's JSON output."""
 
 from __future__ import annotations
 
 import os
 import platform
-import time
 
 import jax
 
@@ -37,20 +36,3 @@ def machine_info() -> dict:
         "n_devices": jax.device_count(),
         "python": platform.python_version(),
     }
-
-
-def time_env_runner(run, num_envs: int, num_steps: int, repeats: int) -> dict:
-    """Compile a jitted `run(key)` ahead of time, warm it up, then keep the best of `repeats`
-    timed calls: compile seconds, best run seconds and env steps/s (compile excluded)."""
-    key = jax.random.key(0)
-    t0 = time.perf_counter()
-    compiled = run.lower(key).compile()
-    compile_s = time.perf_counter() - t0
-    compiled(key).block_until_ready()  # the first call of an executable pays one-off costs
-    best = float("inf")
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        compiled(jax.random.key(r + 1)).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return {"num_envs": num_envs, "steps_per_env": num_steps, "compile_s": round(compile_s, 3),
-            "run_s": round(best, 4), "env_steps_per_s": round(num_envs * num_steps / best)}
