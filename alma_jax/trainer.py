@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 import envs_jax
 from alma_jax import buffer as bf
-from alma_jax.allocation import env_heuristic_allocation, random_allocation
+from alma_jax.allocation import env_heuristic_allocation, random_allocation, spread_terms
 from alma_jax.config import Config, alloc_settings, env_kwargs
 from alma_jax.learners.qmix import QMixConfig, QMixLearner
 from alma_jax.rollout import make_rollout, with_allocation
@@ -190,12 +190,8 @@ def allocation_metrics(episodes: bf.EpisodeBatch, prefix: str) -> dict[str, jax.
     """
     alloc = bf.stored_alloc(episodes)  # [E, L, NA, NT]
     dec = episodes.hier_decision & episodes.filled
-    n_k = jnp.sum(alloc, -2).astype(jnp.float32)  # [E, L, NT]
-    used = n_k > 0
-    open_task = ~episodes.task_mask
-    d = dec[..., None].astype(jnp.float32)
-    per_task = jnp.sum(n_k * used * d) / jnp.maximum(jnp.sum(used * d), 1.0)
-    empty = jnp.sum(open_task & ~used, -1) / jnp.maximum(jnp.sum(open_task, -1), 1)
+    on_used, n_used, empty = spread_terms(alloc, episodes.task_mask)  # each [E, L]
+    per_task = jnp.sum(on_used * dec) / jnp.maximum(jnp.sum(n_used * dec), 1.0)
     empty = jnp.sum(empty * dec) / jnp.maximum(jnp.sum(dec), 1)
     now = bf.alloc_to_index(alloc)  # [E, L, NA]
     had = (episodes.prev_alloc >= 0) & (now >= 0) & dec[..., None]

@@ -14,8 +14,9 @@ the allocation held before that row as `last_alloc`:
   critic's pick, exactly as when acting;
 * the critic's value of the heuristic's allocation of the same state, under the same TaskEmbed
   permutation as the proposals (a fair comparison);
-* how clumped each allocation is (agents per staffed subtask; share of open subtasks left
-  without agents).
+* how clumped each allocation is (agents per staffed subtask, pooled over rows as the
+  trainer's `eval_alloc` metrics; share of open subtasks left without agents), with the
+  trainer's own `alma_jax.allocation.spread_terms`.
 
 The critic values are denormalised with the allocator's Pop-Art statistics and compared with
 the return that actually followed from that row in the critic's own units (rewards summed
@@ -37,20 +38,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
 
+from alma_jax.allocation import spread_terms  # noqa: E402
 from alma_jax.evaluate import load_run, play_episodes  # noqa: E402
 from alma_jax.learners.aql import AllocParams  # noqa: E402
 from alma_jax.popart import denormalise  # noqa: E402
 from envs_jax.savethecity import heuristic_allocation  # noqa: E402
-
-
-def clumping(alloc: jax.Array, task_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(agents per staffed subtask, share of open subtasks without agents) of one row."""
-    per_task = jnp.sum(alloc, 0)
-    staffed = per_task > 0
-    open_ = ~task_mask.astype(bool)
-    per_staffed = jnp.sum(per_task) / jnp.maximum(jnp.sum(staffed), 1)
-    empty = jnp.sum(open_ & ~staffed) / jnp.maximum(jnp.sum(open_), 1)
-    return per_staffed, empty
 
 
 def make_probe(learner, env):
@@ -63,21 +55,19 @@ def make_probe(learner, env):
             : env.n_agents, None].astype(bool)
         q_heur = learner.critic_value(params.critic, obs.entities, obs.entity_mask,
                                       obs.entity2task_mask, heur, props.critic_perm)
-        best = props.allocs[props.best]
-        c_best, e_best = clumping(best, obs.task_mask)
-        c_heur, e_heur = clumping(heur, obs.task_mask)
-        c_prop, e_prop = clumping(props.allocs[0], obs.task_mask)
+        spread = {name: spread_terms(a, obs.task_mask) for name, a in (
+            ("best", props.allocs[props.best]), ("heuristic", heur),
+            ("proposal", props.allocs[0]))}
         return {
             "q_best": denormalise(stats, props.values[props.best]),
             "q_heuristic": denormalise(stats, q_heur),
             "q_proposals_mean": denormalise(stats, jnp.mean(props.values)),
             "heuristic_beats_best": q_heur > props.values[props.best],
             "heuristic_rank": jnp.sum(props.values > q_heur),  # proposals valued above it
-            "best_is_heuristic": jnp.all(best == heur),
-            "agents_per_staffed_best": c_best, "agents_per_staffed_heuristic": c_heur,
-            "agents_per_staffed_proposal": c_prop,
-            "open_without_agents_best": e_best, "open_without_agents_heuristic": e_heur,
-            "open_without_agents_proposal": e_prop,
+            "best_is_heuristic": jnp.all(props.allocs[props.best] == heur),
+            **{f"on_staffed_{k}": v[0] for k, v in spread.items()},
+            **{f"staffed_{k}": v[1] for k, v in spread.items()},
+            **{f"open_without_agents_{k}": v[2] for k, v in spread.items()},
         }
 
     return jax.jit(jax.vmap(probe, in_axes=(None, None, 0, 0, 0)))
@@ -139,10 +129,15 @@ def main() -> None:
                                            | ~np.asarray(last.bld_valid))))
             cat = {k2: np.concatenate([r[k2] for r in rows]) for k2 in rows[0]}
             g = np.concatenate(realised)
+            # pooled as the trainer's eval_alloc metrics: agents over staffed subtasks
+            per_staffed = {f"agents_per_staffed_{k}": float(
+                cat.pop(f"on_staffed_{k}").sum() / max(cat.pop(f"staffed_{k}").sum(), 1.0))
+                for k in ("best", "heuristic", "proposal")}
             per_arm[arm] = {
                 "episodes": len(eps), "rows": int(len(g)),
                 "solved": float(np.mean(solved)),
                 "return_per_episode": float(np.mean([e["return"] for e in eps])),
+                **per_staffed,
                 **{k2: float(np.mean(v)) for k2, v in cat.items()},
                 "realised_return_from_row": float(np.mean(g)),
                 "q_best_minus_realised": float(np.mean(cat["q_best"] - g)),

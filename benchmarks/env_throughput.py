@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _env_loop import MODES, STEPPERS, make_loop, obs_checksum, time_loop  # noqa: E402,F401
+from _env_loop import MODES, STEPPERS, make_loop, time_loop  # noqa: E402
 from _machine import machine_info  # noqa: E402
 
 import envs_jax  # noqa: E402

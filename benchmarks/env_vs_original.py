@@ -48,7 +48,6 @@ ratio to the original's env steps/s. Prints one JSON document; progress goes to 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import itertools
 import json
@@ -109,22 +108,6 @@ def resolve_orig_src(path: str | os.PathLike) -> Path:
     )
 
 
-def _exec_module(name: str, file: Path, package_dir: Path | None = None) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        name, file,
-        submodule_search_locations=[str(package_dir)] if package_dir is not None else None)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {file}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
 def load_original(ff_dir: str | os.PathLike) -> types.ModuleType:
     """Import the original's `firefighters` package from `ff_dir` without installing it.
 
@@ -133,6 +116,8 @@ def load_original(ff_dir: str | os.PathLike) -> types.ModuleType:
     parent's own `__init__.py` (StarCraft II imports) is never run. Its `multiagentenv` is
     the checkout's file when present, else a stand-in with a bare `MultiAgentEnv`.
     """
+    from envs_jax.bridge.workers import load_file_module
+
     ff_dir = resolve_orig_src(ff_dir)
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
@@ -147,7 +132,7 @@ def load_original(ff_dir: str | os.PathLike) -> types.ModuleType:
     sys.modules[parent] = pkg
     base_file = ff_dir.parent / "multiagentenv.py"
     if base_file.is_file():
-        base = _exec_module(f"{parent}.multiagentenv", base_file)
+        base = load_file_module(f"{parent}.multiagentenv", base_file)
     else:
         base = types.ModuleType(f"{parent}.multiagentenv")
 
@@ -158,7 +143,7 @@ def load_original(ff_dir: str | os.PathLike) -> types.ModuleType:
         base.MultiAgentEnv = MultiAgentEnv
         sys.modules[base.__name__] = base
     pkg.multiagentenv = base
-    module = _exec_module(f"{parent}.firefighters", ff_dir / "__init__.py", ff_dir)
+    module = load_file_module(f"{parent}.firefighters", ff_dir / "__init__.py", ff_dir)
     pkg.firefighters = module
     module.__alma_base_file__ = str(base_file) if base_file.is_file() else None
     return module

@@ -3,24 +3,21 @@ loader and original-timing loop, run against a tiny fake of the original package
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from envs_jax.bridge.workers import load_file_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "env_vs_original.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("_bench_env_vs_original", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_file_module("_bench_env_vs_original", SCRIPT)
+    sys.modules.pop("_bench_env_vs_original", None)
 
 
 BASE = """

@@ -49,3 +49,15 @@ def env_heuristic_allocation(heuristic):
         return heuristic(obs).astype(bool) & active_agents(obs)[:, None]
 
     return decide
+
+
+def spread_terms(alloc: jax.Array, task_mask: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """How spread an allocation is, per row: alloc [..., NA, NT], task_mask [..., NT] ->
+    (agents on staffed subtasks, staffed subtasks, share of open subtasks without agents),
+    each [...]. Pool rows as sum(agents) / sum(staffed) for "agents per staffed subtask"."""
+    n_k = jnp.sum(alloc, -2).astype(jnp.float32)
+    used = n_k > 0
+    open_task = ~task_mask.astype(bool)
+    empty = jnp.sum(open_task & ~used, -1) / jnp.maximum(jnp.sum(open_task, -1), 1)
+    return jnp.sum(n_k * used, -1), jnp.sum(used, -1).astype(jnp.float32), empty

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,26 @@ import numpy as np
 ENTRY = str(Path(__file__).resolve().with_name("_spawn_entry.py"))
 WORKER_RUN_NAME = "__alma_bridge_worker__"
 ON_ERROR = ("raise", "restart")
+
+
+def load_file_module(name: str, file: str | Path, package_dir: str | Path | None = None
+                     ) -> types.ModuleType:
+    """Execute `file` as module `name`, registered in `sys.modules` (dataclasses, pickling and
+    relative imports look modules up there); `package_dir` makes it a package whose
+    submodules are found in that folder. A module that fails to execute is unregistered."""
+    spec = importlib.util.spec_from_file_location(
+        name, file,
+        submodule_search_locations=[str(package_dir)] if package_dir is not None else None)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 class BridgeError(RuntimeError):
@@ -83,14 +104,7 @@ def load_target(target: str | Callable) -> Callable:
         name = "_alma_host_" + hashlib.sha1(str(path).encode()).hexdigest()[:16]
         module = sys.modules.get(name)
         if module is None:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
+            module = load_file_module(name, path)
     else:
         module = importlib.import_module(module_name)
     try:
