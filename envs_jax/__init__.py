@@ -7,8 +7,8 @@ from typing import Any
 
 from envs_jax.core import Environment, Observation
 
-ENVIRONMENTS = ("savethecity", "traffic_junction", "host_savethecity", "host_traffic_junction",
-                "smac", "sc2multiarmy")
+ENVIRONMENTS = ("savethecity", "traffic_junction", "starcraft_jax", "host_savethecity",
+                "host_traffic_junction", "smac", "sc2multiarmy")
 
 
 def _savethecity(**kw: Any) -> Environment:
@@ -49,6 +49,10 @@ def make(name: str, **kwargs: Any) -> Environment:
                 "host_traffic_junction": bridge.make_traffic_junction,
                 "smac": bridge.make_smac_env,
                 "sc2multiarmy": bridge.make_sc2multiarmy_env}[name](**kwargs)
+    if name == "starcraft_jax":
+        from envs_jax.starcraft import StarCraftJax
+
+        return StarCraftJax(**kwargs)
     if name == "traffic_junction":
         from envs_jax.traffic_junction import TrafficJunction
 
