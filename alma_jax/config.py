@@ -16,8 +16,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGS = ("aqmix", "heuristic", "random_alloc", "alma", "alma_nomask", "refil", "copa", "lica",
         "alma_lica")
 RECIPES = ("cpu",)  # configs/recipe/<name>.yaml: named bundles of overrides
-ENVS = ("savethecity", "traffic_junction", "host_savethecity", "host_traffic_junction", "smac",
-        "sc2multiarmy")
+ENVS = ("savethecity", "traffic_junction", "starcraft_jax", "host_savethecity",
+        "host_traffic_junction", "smac", "sc2multiarmy")
 
 
 # The allocator's own networks and optimiser (alma.md errata E2): not the low level's keys,
@@ -40,7 +40,7 @@ def alloc_settings(cfg: Config) -> dict[str, Any]:
 
 
 # envs with a spec heuristic allocation
-HEURISTIC_ENVS = ("savethecity", "host_savethecity", "sc2multiarmy")
+HEURISTIC_ENVS = ("savethecity", "host_savethecity", "sc2multiarmy", "starcraft_jax")
 # envs that compute their heuristic host-side, only when asked (starcraft.md A.13)
 HOST_HEURISTIC_ENVS = ("sc2multiarmy",)
 

@@ -61,8 +61,10 @@ class TrainFns(NamedTuple):
 
 END_STATS = ("solved", "prop_buildings_completed", "buildings_completed", "buildings_burned",
              "fires_extinguished", "buildings_health_delta",
-             # StarCraft (SMAC adapters: battle_won; sc2multiarmy: all four)
-             "battle_won", "perc_armies_defeated", "allies_defeated", "base_infiltrated")
+             # StarCraft (SMAC adapters: battle_won; sc2multiarmy: all four; starcraft_jax:
+             # battle_won and the dead units)
+             "battle_won", "perc_armies_defeated", "allies_defeated", "base_infiltrated",
+             "dead_allies", "dead_enemies")
 
 
 def _static_allocation(cfg: Config, env):

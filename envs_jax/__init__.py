@@ -50,8 +50,14 @@ def make(name: str, **kwargs: Any) -> Environment:
                 "smac": bridge.make_smac_env,
                 "sc2multiarmy": bridge.make_sc2multiarmy_env}[name](**kwargs)
     if name == "starcraft_jax":
+        import inspect
+
         from envs_jax.starcraft import StarCraftJax
 
+        allowed = sorted(inspect.signature(StarCraftJax).parameters)
+        bad = sorted(set(kwargs) - set(allowed))
+        if bad:
+            raise ValueError(f"unknown starcraft_jax option(s) {bad}; allowed: {allowed}")
         return StarCraftJax(**kwargs)
     if name == "traffic_junction":
         from envs_jax.traffic_junction import TrafficJunction

@@ -92,7 +92,8 @@ def test_out_of_reach_target_is_chased_then_shot():
     assert float(a.health[1]) == 45.0
     reach = 5.0 + 2 * 0.375
     b = run(u, cmd, 8 * 6)
-    assert float(b.pos[0, 0]) == pytest.approx(20.0 - reach, abs=1e-4)  # stops at reach
+    # stops just inside reach
+    assert float(b.pos[0, 0]) == pytest.approx(20.0 - reach + sim.CHASE_MARGIN, abs=1e-4)
     assert float(b.health[1]) < 45.0
 
 
@@ -248,3 +249,35 @@ def test_jit_equals_eager_and_vmap_equals_loop():
 def test_unknown_map_names_the_allowed_ones():
     with pytest.raises(ValueError, match="allowed.*3m"):
         envs_jax.make("starcraft_jax", map_name="4m")
+
+
+# ------------------------------------------------------------- battles a person would check
+def _rates(map_name, fn, n=512):
+    env = envs_jax.make("starcraft_jax", map_name=map_name)
+    keys = jax.random.split(jax.random.PRNGKey(11), n)
+    return jax.jit(jax.vmap(lambda k: fn(env, k)))(keys)
+
+
+def test_symmetric_scripted_battle_is_a_coin_flip():
+    from envs_jax.starcraft.scripted import attack_move_battle
+
+    agents, enemies = (np.asarray(x) for x in _rates("3m", attack_move_battle))
+    assert 0.40 <= agents.mean() <= 0.60 and 0.40 <= enemies.mean() <= 0.60
+    assert (agents | enemies).mean() >= 0.95  # battles end; draws are rare
+
+
+def test_five_marines_lose_to_six():
+    from envs_jax.starcraft.scripted import attack_move_battle
+
+    agents, enemies = (np.asarray(x) for x in _rates("5m_vs_6m", attack_move_battle))
+    assert agents.mean() < 0.1 and enemies.mean() > 0.9
+
+
+@pytest.mark.parametrize("map_name", ["3m", "2s3z"])
+def test_focus_fire_beats_spread_fire(map_name):
+    from envs_jax.starcraft.scripted import focus_fire, play, spread_fire
+
+    focus = _rates(map_name, lambda env, k: play(env, focus_fire, k), 256)
+    spread = _rates(map_name, lambda env, k: play(env, spread_fire, k), 256)
+    assert float(focus["battle_won"].mean()) > float(spread["battle_won"].mean()) + 0.3
+    assert float(focus["return"].mean()) > float(spread["return"].mean())

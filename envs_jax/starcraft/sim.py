@@ -31,6 +31,7 @@ from flax import struct
 from envs_jax.starcraft import units as ut
 
 HOLD, MOVE, ATTACK, ATTACK_MOVE = 0, 1, 2, 3
+CHASE_MARGIN = 0.01
 
 
 @struct.dataclass
@@ -68,6 +69,12 @@ def spawn(pos: jax.Array, utype: jax.Array, team: jax.Array, valid: jax.Array) -
         energy=jnp.where(valid, t(ut.ENERGY_START)[utype], 0.0), cooldown=z,
         since_hit=z + 1e6, alive=valid, utype=utype, team=t(team, jnp.int32), valid=valid,
     )
+
+
+def fighting(units: Units) -> jax.Array:
+    """[U] bool: living units that are not healers (SMAC: a side with only Medivacs left has
+    lost)."""
+    return units.alive & ~jnp.asarray(ut.IS_HEALER)[units.utype]
 
 
 def hold(n_units: int) -> Commands:
@@ -112,8 +119,11 @@ def _toward(pos: jax.Array, goal: jax.Array, step: jax.Array, stop_at: jax.Array
     return pos + unit * travel[:, None]
 
 
-def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, float]) -> Units:
-    """Advance every unit by `loops` game loops under its command."""
+def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, float],
+            key: jax.Array | None = None) -> Units:
+    """Advance every unit by `loops` game loops under its command. With a `key`, each attack's
+    cooldown varies by U(-1, 2) game loops (SC2 randomises weapon cooldowns; the range is
+    SMAX's), so equal units do not fire in lockstep for the whole battle."""
     t = units.utype
     n = t.shape[0]
     idx = jnp.arange(n)
@@ -147,7 +157,9 @@ def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, floa
     walk = units.alive & ((cmd.kind == MOVE) | ((cmd.kind == ATTACK_MOVE) & ~has_target))
     chase = has_target & ~in_range
     goal = jnp.where(chase[:, None], units.pos[tgt], cmd.point)
-    stop_at = jnp.where(chase, reach, 0.0)
+    # A chase ends a little inside reach: stopping exactly at it can leave the distance a
+    # rounding error above reach for good.
+    stop_at = jnp.where(chase, reach - CHASE_MARGIN, 0.0)
     moved = _toward(units.pos, goal, speed, stop_at)
     pos = jnp.where((walk | chase)[:, None], moved, units.pos)
     pos = jnp.clip(pos, 0.0, jnp.asarray(bounds, jnp.float32))
@@ -188,7 +200,10 @@ def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, floa
                                           jnp.asarray(ut.SHIELD)[t]), shield)
     energy = jnp.minimum(energy + ut.ENERGY_REGEN / ut.LOOPS_PER_SECOND * loops,
                          jnp.asarray(ut.ENERGY_MAX)[t])
-    cooldown = jnp.where(fires, jnp.asarray(ut.COOLDOWN_LOOPS)[t], units.cooldown) - loops
+    reload = jnp.asarray(ut.COOLDOWN_LOOPS)[t]
+    if key is not None:
+        reload = reload + jax.random.uniform(key, reload.shape, minval=-1.0, maxval=2.0)
+    cooldown = jnp.where(fires, reload, units.cooldown) - loops
     cooldown = jnp.maximum(cooldown, 0.0)
     dead = ~alive
     return units.replace(
@@ -198,10 +213,12 @@ def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, floa
     )
 
 
-def advance(units: Units, cmd: Commands, n_substeps: int, bounds: tuple[float, float]
-            ) -> Units:
-    """One agent step (`STEP_LOOPS` game loops) as `n_substeps` sub-steps."""
+def advance(units: Units, cmd: Commands, n_substeps: int, bounds: tuple[float, float],
+            key: jax.Array | None = None) -> Units:
+    """One agent step (`STEP_LOOPS` game loops) as `n_substeps` sub-steps (`key`: cooldown
+    variance, see `substep`)."""
     loops = ut.STEP_LOOPS / n_substeps
-    for _ in range(n_substeps):  # a handful: unrolled, so XLA fuses across sub-steps
-        units = substep(units, cmd, loops, bounds)
+    keys = [None] * n_substeps if key is None else list(jax.random.split(key, n_substeps))
+    for k in keys:  # a handful: unrolled, so XLA fuses across sub-steps
+        units = substep(units, cmd, loops, bounds, k)
     return units

@@ -49,7 +49,8 @@ class StarCraftJax(Environment):
                  reward_death_value: float = 10.0, reward_win: float = 200.0,
                  reward_scale_rate: float = 20.0, reward_scale: bool = True,
                  episode_limit: int | None = None, n_substeps: int = 4,
-                 spawn_spread: float = 1.0, timeout_as_episode_limit: bool = False):
+                 spawn_spread: float = 1.0, timeout_as_episode_limit: bool = False,
+                 cooldown_jitter: bool = True):
         if n_substeps < 1 or ut.STEP_LOOPS % n_substeps:
             raise ValueError(f"starcraft_jax n_substeps must divide {ut.STEP_LOOPS}, "
                              f"got {n_substeps!r}")
@@ -61,6 +62,7 @@ class StarCraftJax(Environment):
         self.reward_scale_rate, self.reward_scale = float(reward_scale_rate), bool(reward_scale)
         self.n_substeps, self.spawn_spread = int(n_substeps), float(spawn_spread)
         self.timeout_as_episode_limit = bool(timeout_as_episode_limit)
+        self.cooldown_jitter = bool(cooldown_jitter)
 
         m = self.map
         self.n_agents, self.n_enemies = m.n_agents, m.n_enemies
@@ -153,7 +155,8 @@ class StarCraftJax(Environment):
         A = self.n_agents
         before = state.units
         after = sim.advance(before, self._commands(state, actions), self.n_substeps,
-                            (float(self.size[0]), float(self.size[1])))
+                            (float(self.size[0]), float(self.size[1])),
+                            key if self.cooldown_jitter else None)
         after = jax.tree.map(lambda new, old: jnp.where(state.over, old, new), after, before)
         t = state.t + 1
 
@@ -165,8 +168,9 @@ class StarCraftJax(Environment):
         delta_deaths = self.reward_death_value * jnp.sum(died)
         reward = jnp.abs(delta_enemy + delta_deaths)  # SMAC's reward_only_positive
 
-        agents_left = jnp.any(after.alive[:A])
-        enemies_left = jnp.any(after.alive[A:])
+        fighting = sim.fighting(after)  # only Medivacs left counts as beaten (SMAC)
+        agents_left = jnp.any(fighting[:A])
+        enemies_left = jnp.any(fighting[A:])
         won = agents_left & ~enemies_left
         battle_over = ~agents_left | ~enemies_left
         timeout = (t >= self.episode_limit) & ~battle_over
