@@ -1,7 +1,8 @@
-"""SaveTheCity env steps/s with random valid actions and full observations, batched + scanned.
+"""Env steps/s (SaveTheCity, or starcraft_jax) with random valid actions, batched + scanned.
 
     python benchmarks/env_throughput.py [--num-envs 1 64 1024 4096 16384] [--steps N]
         [--modes autoreset_terminal autoreset trainer] [--steppers batch vmap]
+        [--env savethecity|starcraft_jax] [--scenario 2-5a_2-5b] [--map 5m_vs_6m]
 
 Modes and steppers are those of `benchmarks/_env_loop.py`: `autoreset_terminal` consumes the
 observation and the terminal observation of an auto-resetting step, `autoreset` the
@@ -35,7 +36,9 @@ def measure(env, num_envs: int, num_steps: int, repeats: int, mode: str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", default="2-5a_2-5b")
+    ap.add_argument("--env", default="savethecity", choices=["savethecity", "starcraft_jax"])
+    ap.add_argument("--scenario", default="2-5a_2-5b", help="savethecity's scenario")
+    ap.add_argument("--map", default="5m_vs_6m", help="starcraft_jax's map_name")
     ap.add_argument("--num-envs", type=int, nargs="+", default=[1, 64, 1024, 4096, 16384])
     ap.add_argument("--steps", type=int, default=None, help="scan length (default: by size)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -43,7 +46,10 @@ def main() -> None:
     ap.add_argument("--steppers", nargs="+", choices=STEPPERS, default=list(STEPPERS),
                     help="for the auto-reset modes")
     args = ap.parse_args()
-    env = envs_jax.make("savethecity", scenario=args.scenario)
+    if args.env == "savethecity":
+        env, scenario = envs_jax.make("savethecity", scenario=args.scenario), args.scenario
+    else:
+        env, scenario = envs_jax.make("starcraft_jax", map_name=args.map), args.map
     results = []
     for n in args.num_envs:
         steps = args.steps or max(64, min(4096, 2_000_000 // max(n, 1) // 8))
@@ -59,8 +65,8 @@ def main() -> None:
             best[k] = {"num_envs": r["num_envs"], "env_steps_per_s": r["env_steps_per_s"]}
     print(json.dumps({
         "benchmark": "env_throughput",
-        "env": "savethecity",
-        "scenario": args.scenario,
+        "env": args.env,
+        "scenario": scenario,
         "actions": "uniform over available, sampled in the jitted loop",
         "machine": machine_info(),
         "results": results,

@@ -238,11 +238,11 @@ def test_jit_equals_eager_and_vmap_equals_loop():
     acts = jax.random.randint(jax.random.PRNGKey(6), (3, env.n_agents), 0, env.n_actions)
     out_v = jax.jit(jax.vmap(env.step_env))(keys, s, acts)
     for i in range(3):
-        si = jax.tree.map(lambda x: x[i], s)
+        si = jax.tree.map(lambda x, i=i: x[i], s)
         with jax.disable_jit():
             out_e = env.step_env(keys[i], si, acts[i])
         for a, b in zip(jax.tree.leaves(out_e), jax.tree.leaves(jax.tree.map(
-                lambda x: x[i], out_v))):
+                lambda x, i=i: x[i], out_v))):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
@@ -281,3 +281,29 @@ def test_focus_fire_beats_spread_fire(map_name):
     spread = _rates(map_name, lambda env, k: play(env, spread_fire, k), 256)
     assert float(focus["battle_won"].mean()) > float(spread["battle_won"].mean()) + 0.3
     assert float(focus["return"].mean()) > float(spread["return"].mean())
+
+
+@pytest.mark.parametrize("map_name", ["MMM2", "2s3z"])
+def test_batch_written_step_equals_vmapped_step(map_name):
+    """`step_batch` (battle axis last) is `vmap(step_env)`: the same battles for 40 steps of
+    random available actions (sums over units may round differently: floats to 1e-5)."""
+    from envs_jax.savethecity.policies import uniform_valid
+
+    env = envs_jax.make("starcraft_jax", map_name=map_name)
+    E = 16
+    obs, s_b = env.reset_batch(jax.random.split(jax.random.PRNGKey(2), E))
+    s_v = s_b
+    batch, vm = jax.jit(env.step_batch), jax.jit(jax.vmap(env.step_env))
+    for t in range(40):
+        k = jax.random.PRNGKey(100 + t)
+        acts = uniform_valid(k, obs)
+        keys = jax.random.split(k, E)
+        out_b, out_v = batch(keys, s_b, acts), vm(keys, s_v, acts)
+        for a, b in zip(jax.tree.leaves(out_b), jax.tree.leaves(out_v)):
+            a, b = np.asarray(a), np.asarray(b)
+            if np.issubdtype(a.dtype, np.floating):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+            else:
+                np.testing.assert_array_equal(a, b)
+        obs, s_b, s_v = out_b[0], out_b[1], out_v[1]
+    assert int(np.sum(~np.asarray(s_b.units.alive))) > 0  # the battles did fight

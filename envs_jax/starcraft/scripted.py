@@ -31,8 +31,7 @@ def attack_move_battle(env: StarCraftJax, key: jax.Array, n_steps: int | None = 
     keys = jax.random.split(key, steps)
 
     def step(i, x):
-        return sim.advance(x, cmd, env.n_substeps, bounds,
-                           keys[i] if env.cooldown_jitter else None)
+        return sim.advance(x, cmd, env.n_substeps, bounds, env._noise(keys[i]), env.tables)
 
     u = jax.lax.fori_loop(0, steps, step, u)
     A = env.n_agents

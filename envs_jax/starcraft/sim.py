@@ -19,15 +19,23 @@ Damage: each attack does `damage + bonus` (bonus against its attribute); against
 attack is reduced by armour to at least 0.5; shields take the attack unreduced first and
 the share of the damage they cannot absorb reaches health with armour. All attacks of a
 sub-step land together (simultaneous resolution: two units can kill each other).
-Protoss shields regenerate 2/s after 7 s without damage; Medivac energy 0.7875/s.
+Protoss shields regenerate 2 per Normal second after 10 Normal seconds without damage.
+
+Layout: `substep` and `advance` take one battle ([U] arrays, pos [U, 2]) or a batch with the
+battle axis LAST ([U, E], pos [U, 2, E], commands alike): written that way, every
+elementwise op and every sum over units runs with the E battles in the vector lanes, where
+`jax.vmap` would put them first and leave lanes of U = 5-20 units. `to_batch_last` /
+`to_batch_first` convert a vmapped (batch-first) state.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
+from envs_jax.rng import hash_uniforms
 from envs_jax.starcraft import units as ut
 
 HOLD, MOVE, ATTACK, ATTACK_MOVE = 0, 1, 2, 3
@@ -71,6 +79,55 @@ def spawn(pos: jax.Array, utype: jax.Array, team: jax.Array, valid: jax.Array) -
     )
 
 
+@struct.dataclass
+class Tables:
+    """What a battle's unit types and teams fix for the whole battle: per unit [U] and per
+    (acting unit, other unit) pair [U, U]. Static maps build it once with numpy, so XLA sees
+    constants; `tables(units)` builds it from a traced state (compositions drawn per episode).
+    """
+
+    healer: jax.Array  # [U] bool
+    max_health: jax.Array
+    max_shield: jax.Array
+    max_energy: jax.Array
+    sight: jax.Array
+    speed: jax.Array  # per game loop
+    reload: jax.Array  # weapon cooldown, game loops
+    heal: jax.Array  # hp per game loop
+    can_act: jax.Array  # [U, U] bool: row can attack (a healer: heal) column
+    to_shield: jax.Array  # [U, U] one volley of row on column's shields
+    to_health: jax.Array  # [U, U] the same volley on health, after armour
+    reach: jax.Array  # [U, U] weapon range plus both radii
+
+
+def tables(utype, team) -> Tables:
+    """`Tables` of unit types [U] and teams [U]: numpy in, numpy out (constants), else jnp."""
+    xp = np if isinstance(utype, np.ndarray) and isinstance(team, np.ndarray) else jnp
+    col = lambda a: xp.asarray(a)[utype]  # noqa: E731
+    healer = col(ut.IS_HEALER)
+    flying, attrs = col(ut.FLYING), col(ut.ATTRS)
+    weapon = xp.where(flying[None, :], col(ut.HITS_AIR)[:, None], col(ut.HITS_GROUND)[:, None])
+    same = team[:, None] == team[None, :]
+    bio = (attrs & ut.BIOLOGICAL) > 0
+    heals = healer[:, None] & bio[None, :] & same & ~xp.eye(len(utype), dtype=bool)
+    can_act = xp.where(healer[:, None], heals, weapon & ~same)
+    bonus_on = (attrs[None, :] & col(ut.BONUS_ATTR)[:, None]) > 0
+    per_attack = col(ut.DAMAGE)[:, None] + xp.where(bonus_on, col(ut.BONUS)[:, None], 0.0)
+    attacks = col(ut.ATTACKS)[:, None]
+    armour = col(ut.ARMOUR)[None, :]
+    radius = col(ut.RADIUS)
+    f32 = lambda a: xp.asarray(a, xp.float32)  # noqa: E731
+    return Tables(
+        healer=healer, max_health=f32(col(ut.HEALTH)), max_shield=f32(col(ut.SHIELD)),
+        max_energy=f32(col(ut.ENERGY_MAX)), sight=f32(col(ut.SIGHT)),
+        speed=f32(col(ut.SPEED_PER_LOOP)), reload=f32(col(ut.COOLDOWN_LOOPS)),
+        heal=f32(col(ut.HEAL_PER_LOOP)), can_act=can_act,
+        to_shield=f32(attacks * per_attack),
+        to_health=f32(attacks * xp.maximum(per_attack - armour, ut.MIN_DAMAGE)),
+        reach=f32(col(ut.RANGE)[:, None] + radius[:, None] + radius[None, :]),
+    )
+
+
 def fighting(units: Units) -> jax.Array:
     """[U] bool: living units that are not healers (SMAC: a side with only Medivacs left has
     lost)."""
@@ -91,120 +148,110 @@ def distances(pos: jax.Array) -> jax.Array:
 
 def can_hit(units: Units) -> jax.Array:
     """[U, U] bool: row's weapon can attack column (opponent, alive, ground/air matches)."""
-    t = units.utype
-    flying = jnp.asarray(ut.FLYING)[t]
-    weapon = jnp.where(flying[None, :], jnp.asarray(ut.HITS_AIR)[t][:, None],
-                       jnp.asarray(ut.HITS_GROUND)[t][:, None])
-    opp = units.team[:, None] != units.team[None, :]
-    return weapon & opp & units.alive[None, :] & units.alive[:, None]
-
-
-def can_heal(units: Units) -> jax.Array:
-    """[U, U] bool: row is a healer and column a living biological ally other than itself."""
-    t = units.utype
-    healer = jnp.asarray(ut.IS_HEALER)[t]
-    bio = (jnp.asarray(ut.ATTRS)[t] & ut.BIOLOGICAL) > 0
-    same = units.team[:, None] == units.team[None, :]
-    n = t.shape[0]
-    return (healer[:, None] & bio[None, :] & same & ~jnp.eye(n, dtype=bool)
-            & units.alive[None, :] & units.alive[:, None])
+    tb = tables(units.utype, units.team)
+    return tb.can_act & ~tb.healer[:, None] & units.alive[None, :] & units.alive[:, None]
 
 
 def _toward(pos: jax.Array, goal: jax.Array, step: jax.Array, stop_at: jax.Array) -> jax.Array:
-    """Move pos [U,2] toward goal by at most step, ending no closer than stop_at."""
+    """Move pos [U, 2, *B] toward goal by at most step [U, *B], ending no closer than
+    stop_at."""
     d = goal - pos
-    dist = jnp.sqrt(jnp.sum(d * d, -1))
+    dist = jnp.sqrt(jnp.sum(d * d, 1))
     travel = jnp.clip(dist - stop_at, 0.0, step)
     unit = d / jnp.where(dist > 0, dist, 1.0)[:, None]
     return pos + unit * travel[:, None]
 
 
+def _pick(mask: jax.Array, values: jax.Array) -> jax.Array:
+    """Row-wise value of the (at most one) True column of mask [U, U, *B] (0 where none)."""
+    return jnp.sum(jnp.where(mask, values, 0.0), axis=1)
+
+
 def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, float],
-            key: jax.Array | None = None) -> Units:
-    """Advance every unit by `loops` game loops under its command. With a `key`, each attack's
-    cooldown varies by U(-1, 2) game loops (SC2 randomises weapon cooldowns; the range is
-    SMAX's), so equal units do not fire in lockstep for the whole battle."""
-    t = units.utype
-    n = t.shape[0]
-    idx = jnp.arange(n)
-    dist = distances(units.pos)
-    hit_ok = can_hit(units)
-    heal_ok = can_heal(units)
-    healer = jnp.asarray(ut.IS_HEALER)[t]
-    max_health = jnp.asarray(ut.HEALTH)[t]
+            noise: jax.Array | None = None, tb: Tables | None = None) -> Units:
+    """Advance every unit by `loops` game loops under its command: one battle ([U] arrays)
+    or several with the battle axis last ([U, *B]). `noise` [U, *B] in [-1, 2) is added to
+    the cooldown of each attack fired (SC2 randomises weapon cooldowns; the range is
+    SMAX's), so equal units do not fire in lockstep for the whole battle. `tb`: the battle's
+    `Tables` of one battle ([U], [U, U]; built from `units` when omitted).
 
-    # Who each unit acts on this sub-step (-1: nobody).
-    usable = jnp.where(healer[:, None], heal_ok & (units.health < max_health)[None, :], hit_ok)
-    sight = jnp.asarray(ut.SIGHT)[t]
-    seen = usable & (dist <= sight[:, None])
-    nearest = jnp.argmin(jnp.where(seen, dist, jnp.inf), axis=1)
-    acquired = jnp.where(jnp.any(seen, 1), nearest, -1)
-    ordered_ok = jnp.where(healer[:, None], heal_ok, hit_ok)[idx, cmd.target]
-    target = jnp.where(cmd.kind == ATTACK, jnp.where(ordered_ok, cmd.target, -1),
-                       jnp.where(cmd.kind == ATTACK_MOVE, acquired, -1))
-    target = jnp.where(units.alive, target, -1)
-    has_target = target >= 0
-    tgt = jnp.maximum(target, 0)
+    Targets are one-hot rows of a [U, U] selection rather than indices: gathers and
+    reductions to an index cost more than a few masked sums over U."""
+    tb = tables(units.utype, units.team) if tb is None else tb
+    n = units.utype.shape[0]
+    nb = units.health.ndim - 1  # batch axes, trailing
 
-    # Reach: weapon (heal) range plus both radii.
-    radius = jnp.asarray(ut.RADIUS)[t]
-    reach = jnp.asarray(ut.RANGE)[t] + radius + radius[tgt]
-    d_t = dist[idx, tgt]
+    def ex(x):  # a one-battle table, broadcast over the trailing batch axes
+        x = jnp.asarray(x)
+        return x.reshape(x.shape + (1,) * nb)
+
+    alive = units.alive
+    px, py = units.pos[:, 0], units.pos[:, 1]
+    dx, dy = px[:, None] - px[None, :], py[:, None] - py[None, :]
+    dist = jnp.sqrt(dx * dx + dy * dy)  # [U, U, *B]
+    live_pair = alive[:, None] & alive[None, :]
+    ok = ex(tb.can_act) & live_pair
+    # attack-move: the nearest usable unit in sight (a healer: a damaged one); the index
+    # epsilon breaks exact ties toward the lower index, as an argmin would
+    max_health = ex(tb.max_health)
+    damaged = (units.health < max_health)[None, :]
+    usable = ok & jnp.where(ex(tb.healer)[:, None], damaged, True)
+    seen = usable & (dist <= ex(tb.sight)[:, None])
+    ranked = jnp.where(seen, dist + ex(1e-6 * np.arange(n, dtype=np.float32))[None, :],
+                       jnp.inf)
+    acquired = seen & (ranked == jnp.min(ranked, axis=1, keepdims=True))
+    ordered = ok & (cmd.target[:, None] == ex(np.arange(n))[None, :])
+    sel = jnp.where((cmd.kind == ATTACK)[:, None], ordered,
+                    (cmd.kind == ATTACK_MOVE)[:, None] & acquired)
+    has_target = jnp.any(sel, axis=1)
+
+    reach = _pick(sel, ex(tb.reach))
+    d_t = _pick(sel, dist)
     in_range = has_target & (d_t <= reach)
 
     # Movement: to the target until in reach, else to the ordered point.
-    speed = jnp.asarray(ut.SPEED_PER_LOOP)[t] * loops
-    walk = units.alive & ((cmd.kind == MOVE) | ((cmd.kind == ATTACK_MOVE) & ~has_target))
+    t_pos = jnp.stack([_pick(sel, px[None, :]), _pick(sel, py[None, :])], 1)
+    walk = alive & ((cmd.kind == MOVE) | ((cmd.kind == ATTACK_MOVE) & ~has_target))
     chase = has_target & ~in_range
-    goal = jnp.where(chase[:, None], units.pos[tgt], cmd.point)
+    goal = jnp.where(chase[:, None], t_pos, cmd.point)
     # A chase ends a little inside reach: stopping exactly at it can leave the distance a
     # rounding error above reach for good.
     stop_at = jnp.where(chase, reach - CHASE_MARGIN, 0.0)
-    moved = _toward(units.pos, goal, speed, stop_at)
+    moved = _toward(units.pos, goal, ex(tb.speed) * loops, stop_at)
     pos = jnp.where((walk | chase)[:, None], moved, units.pos)
-    pos = jnp.clip(pos, 0.0, jnp.asarray(bounds, jnp.float32))
+    hi = np.asarray(bounds, np.float32).reshape((1, 2) + (1,) * nb)
+    pos = jnp.clip(pos, 0.0, hi)
 
     # Attacks: weapon ready and in reach; all land at once.
+    healer = ex(tb.healer)
     fires = in_range & ~healer & (units.cooldown <= 0.0)
-    bonus_on = (jnp.asarray(ut.ATTRS)[t][tgt] & jnp.asarray(ut.BONUS_ATTR)[t]) > 0
-    per_attack = jnp.asarray(ut.DAMAGE)[t] + jnp.where(bonus_on, jnp.asarray(ut.BONUS)[t], 0.0)
-    n_attacks = jnp.asarray(ut.ATTACKS)[t]
-    armour = jnp.asarray(ut.ARMOUR)[t][tgt]
-    to_shield = jnp.where(fires, n_attacks * per_attack, 0.0)
-    to_health = jnp.where(fires, n_attacks * jnp.maximum(per_attack - armour, ut.MIN_DAMAGE),
-                          0.0)
-    onto = (tgt[:, None] == idx[None, :]) & has_target[:, None]  # [attacker, target]
-    shield_dmg = jnp.sum(jnp.where(onto, to_shield[:, None], 0.0), 0)
-    health_dmg = jnp.sum(jnp.where(onto, to_health[:, None], 0.0), 0)
+    hit = sel & fires[:, None]
+    shield_dmg = jnp.sum(jnp.where(hit, ex(tb.to_shield), 0.0), axis=0)
+    health_dmg = jnp.sum(jnp.where(hit, ex(tb.to_health), 0.0), axis=0)
     absorbed = jnp.minimum(units.shield, shield_dmg)
-    overflow = jnp.where(shield_dmg > 0, 1.0 - absorbed / jnp.where(shield_dmg > 0, shield_dmg,
-                                                                     1.0), 0.0)
+    overflow = jnp.where(shield_dmg > 0,
+                         1.0 - absorbed / jnp.where(shield_dmg > 0, shield_dmg, 1.0), 0.0)
     shield = units.shield - absorbed
     health = units.health - overflow * health_dmg
 
     # Healing: one energy per 3 hp.
     heals = in_range & healer
-    heal_amt = jnp.minimum(jnp.asarray(ut.HEAL_PER_LOOP)[t] * loops,
-                           units.energy * ut.HEAL_HP_PER_ENERGY)
-    heal_amt = jnp.where(heals, heal_amt, 0.0)
-    healed = jnp.sum(jnp.where(onto, heal_amt[:, None], 0.0), 0)
-    health = jnp.minimum(health + jnp.where(units.alive, healed, 0.0), max_health)
+    heal_amt = jnp.where(heals, jnp.minimum(ex(tb.heal) * loops,
+                                            units.energy * ut.HEAL_HP_PER_ENERGY), 0.0)
+    healed = jnp.sum(jnp.where(sel, heal_amt[:, None], 0.0), axis=0)
+    health = jnp.minimum(health + jnp.where(alive, healed, 0.0), max_health)
     energy = units.energy - heal_amt / ut.HEAL_HP_PER_ENERGY
 
     # Deaths, cooldowns, regeneration.
-    alive = units.alive & (health > 0.0)
-    damaged = shield_dmg > 0
-    since_hit = jnp.where(damaged, 0.0, units.since_hit + loops)
+    alive = alive & (health > 0.0)
+    since_hit = jnp.where(shield_dmg > 0, 0.0, units.since_hit + loops)
     regen = since_hit >= ut.SHIELD_DELAY * ut.LOOPS_PER_SECOND
     shield = jnp.where(regen, jnp.minimum(shield + ut.SHIELD_REGEN / ut.LOOPS_PER_SECOND * loops,
-                                          jnp.asarray(ut.SHIELD)[t]), shield)
+                                          ex(tb.max_shield)), shield)
     energy = jnp.minimum(energy + ut.ENERGY_REGEN / ut.LOOPS_PER_SECOND * loops,
-                         jnp.asarray(ut.ENERGY_MAX)[t])
-    reload = jnp.asarray(ut.COOLDOWN_LOOPS)[t]
-    if key is not None:
-        reload = reload + jax.random.uniform(key, reload.shape, minval=-1.0, maxval=2.0)
-    cooldown = jnp.where(fires, reload, units.cooldown) - loops
-    cooldown = jnp.maximum(cooldown, 0.0)
+                         ex(tb.max_energy))
+    reload = ex(tb.reload) if noise is None else ex(tb.reload) + noise
+    cooldown = jnp.maximum(jnp.where(fires, reload, units.cooldown) - loops, 0.0)
     dead = ~alive
     return units.replace(
         pos=pos, health=jnp.where(dead, 0.0, health), shield=jnp.where(dead, 0.0, shield),
@@ -213,12 +260,33 @@ def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, floa
     )
 
 
+def cooldown_noise(key: jax.Array, n_substeps: int, n_units: int) -> jax.Array:
+    """The cooldown variance of one battle's step: [n_substeps, U] uniform in [-1, 2), from
+    one threefry draw expanded by the cheap hash of `envs_jax.rng`."""
+    u = hash_uniforms(key, n_substeps * n_units).reshape(n_substeps, n_units)
+    return 3.0 * u - 1.0
+
+
 def advance(units: Units, cmd: Commands, n_substeps: int, bounds: tuple[float, float],
-            key: jax.Array | None = None) -> Units:
-    """One agent step (`STEP_LOOPS` game loops) as `n_substeps` sub-steps (`key`: cooldown
-    variance, see `substep`)."""
+            noise: jax.Array | None = None, tb: Tables | None = None) -> Units:
+    """One agent step (`STEP_LOOPS` game loops) as `n_substeps` sub-steps: one battle, or a
+    batch with the battle axis last. `noise` [n_substeps, U, *B] (`cooldown_noise`), `tb`:
+    see `substep`."""
+    tb = tables(units.utype, units.team) if tb is None else tb
     loops = ut.STEP_LOOPS / n_substeps
-    keys = [None] * n_substeps if key is None else list(jax.random.split(key, n_substeps))
-    for k in keys:  # a handful: unrolled, so XLA fuses across sub-steps
-        units = substep(units, cmd, loops, bounds, k)
-    return units
+    # A loop, not unrolled: unrolled sub-steps fuse into large fusions that recompute
+    # shared values (measured 1.4x slower at 1,024 battles).
+    if noise is None:
+        return jax.lax.fori_loop(0, n_substeps,
+                                 lambda _, u: substep(u, cmd, loops, bounds, None, tb), units)
+    return jax.lax.fori_loop(0, n_substeps,
+                             lambda i, u: substep(u, cmd, loops, bounds, noise[i], tb), units)
+
+
+def to_batch_last(tree):
+    """A batch-first pytree [E, ...] -> battle axis last [..., E]."""
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), tree)
+
+
+def to_batch_first(tree):
+    return jax.tree.map(lambda x: jnp.moveaxis(x, -1, 0), tree)

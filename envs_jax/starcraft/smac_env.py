@@ -50,7 +50,7 @@ class StarCraftJax(Environment):
                  reward_scale_rate: float = 20.0, reward_scale: bool = True,
                  episode_limit: int | None = None, n_substeps: int = 4,
                  spawn_spread: float = 1.0, timeout_as_episode_limit: bool = False,
-                 cooldown_jitter: bool = True):
+                 cooldown_jitter: bool = True, sim_chunk: int = 1024):
         if n_substeps < 1 or ut.STEP_LOOPS % n_substeps:
             raise ValueError(f"starcraft_jax n_substeps must divide {ut.STEP_LOOPS}, "
                              f"got {n_substeps!r}")
@@ -63,6 +63,7 @@ class StarCraftJax(Environment):
         self.n_substeps, self.spawn_spread = int(n_substeps), float(spawn_spread)
         self.timeout_as_episode_limit = bool(timeout_as_episode_limit)
         self.cooldown_jitter = bool(cooldown_jitter)
+        self.sim_chunk = int(sim_chunk)  # battles simulated together in `step_batch`
 
         m = self.map
         self.n_agents, self.n_enemies = m.n_agents, m.n_enemies
@@ -76,6 +77,8 @@ class StarCraftJax(Environment):
         self.size = np.asarray(m.size, np.float32)
         self.utype = np.array(m.unit_list("agents") + m.unit_list("enemies"), np.int32)
         self.team = np.array([0] * self.n_agents + [1] * self.n_enemies, np.int32)
+        self.tables = sim.tables(self.utype, self.team)  # numpy: constants under jit
+        self.bounds = (float(self.size[0]), float(self.size[1]))
         self.has_healer = bool(np.any(ut.IS_HEALER[self.utype[: self.n_agents]]))
         if self.has_healer and self.n_enemies < self.n_agents:
             raise ValueError(f"map {map_name!r}: heal targets need n_enemies >= n_agents")
@@ -150,13 +153,45 @@ class StarCraftJax(Environment):
         )
 
     # ---------------------------------------------------------------------------- step
+    def _noise(self, key: jax.Array) -> jax.Array | None:
+        if not self.cooldown_jitter:
+            return None
+        return sim.cooldown_noise(key, self.n_substeps, self.n_entities)
+
     def step_env(self, key: jax.Array, state: BattleState, actions: jax.Array):
         """(obs, state, reward, done, info); a battle that is over stays as it ended."""
+        after = sim.advance(state.units, self._commands(state, actions), self.n_substeps,
+                            self.bounds, self._noise(key), self.tables)
+        return self._finish(state, after)
+
+    def step_batch(self, keys: jax.Array, state: BattleState, actions: jax.Array):
+        """`jax.vmap(step_env)` with the simulation written for the batch: the sub-steps run
+        on battle-axis-last arrays (`sim.to_batch_last`), the rest is vmapped."""
+        cmd = jax.vmap(self._commands)(state, actions)
+        noise = jax.vmap(self._noise)(keys) if self.cooldown_jitter else None  # [E, S, U]
+
+        def simulate(units, cmd, noise):  # battle-first in and out
+            noise = None if noise is None else jnp.moveaxis(noise, 0, -1)
+            after = sim.advance(sim.to_batch_last(units), sim.to_batch_last(cmd),
+                                self.n_substeps, self.bounds, noise, self.tables)
+            return sim.to_batch_first(after)
+
+        E = keys.shape[0]
+        c = self.sim_chunk
+        if c and E > c and E % c == 0:
+            # chunks of battles one after another keep the sub-steps' arrays in cache
+            split = lambda x: x.reshape((E // c, c) + x.shape[1:])  # noqa: E731
+            after = jax.lax.map(lambda a: simulate(*a),
+                                jax.tree.map(split, (state.units, cmd, noise)))
+            after = jax.tree.map(lambda x: x.reshape((E,) + x.shape[2:]), after)
+        else:
+            after = simulate(state.units, cmd, noise)
+        return jax.vmap(self._finish)(state, after)
+
+    def _finish(self, state: BattleState, after: sim.Units):
+        """Reward, termination and observation of a step from `state` to units `after`."""
         A = self.n_agents
         before = state.units
-        after = sim.advance(before, self._commands(state, actions), self.n_substeps,
-                            (float(self.size[0]), float(self.size[1])),
-                            key if self.cooldown_jitter else None)
         after = jax.tree.map(lambda new, old: jnp.where(state.over, old, new), after, before)
         t = state.t + 1
 
