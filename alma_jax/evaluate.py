@@ -119,19 +119,39 @@ def play_episodes(fns: TrainFns, cfg, policy: Any, key: jax.Array, n_episodes: i
     return episodes
 
 
-def save_episodes_gif(episodes: list[dict[str, Any]], path: Path, title: str, cell: int = 24,
-                      fps: float = 4.0) -> int:
-    """Render the episodes one after the other into one GIF; returns the number of frames."""
-    from envs_jax.savethecity.render import render_state, save_gif
+RENDERED_ENVS = ("savethecity", "starcraft_jax")
 
+
+def _renderer(env_name: str, env):
+    """The env's frame renderer `(state, allocation, actions, reward, title, cell) -> RGB`."""
+    if env_name == "savethecity":
+        from envs_jax.savethecity.render import render_state
+
+        return lambda st, cell, **kw: render_state(st, cell=cell, **kw)
+    if env_name == "starcraft_jax":
+        from envs_jax.starcraft.render import render_state
+
+        return lambda st, cell, allocation=None, **kw: render_state(st, env, scale=cell * 3 // 4,
+                                                                    **kw)
+    return None
+
+
+def save_episodes_gif(episodes: list[dict[str, Any]], path: Path, title: str, cell: int = 24,
+                      fps: float = 4.0, env_name: str = "savethecity", env=None) -> int:
+    """Render the episodes one after the other into one GIF; returns the number of frames."""
+    from envs_jax.savethecity.render import save_gif
+
+    render = _renderer(env_name, env)
+    if render is None:
+        raise ConfigError(f"no episode renderer for env={env_name!r} (renderers: "
+                          f"{list(RENDERED_ENVS)}); pass gif=none")
     frames = []
     for e, ep in enumerate(episodes):
         ret = np.cumsum([0.0] + ep["rewards"][1:])
         for k, st in enumerate(ep["states"]):
-            frames.append(render_state(
-                st, allocation=ep["allocations"][k], actions=ep["actions"][k],
-                reward=ep["rewards"][k], title=f"{title} | episode {e} | return {ret[k]:+.2f}",
-                cell=cell))
+            frames.append(render(
+                st, cell, allocation=ep["allocations"][k], actions=ep["actions"][k],
+                reward=ep["rewards"][k], title=f"{title} | episode {e} | return {ret[k]:+.2f}"))
     save_gif(frames, path, fps=fps)
     return len(frames)
 
@@ -221,7 +241,7 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
     summary: dict[str, Any] = {
         "out_dir": str(out_dir), "alg": cfg.alg, "t_env": np.asarray(saved["t_env"]).tolist(),
         "allocation": (f"learned, from {high_from}" if high_from is not None else
-                       high if high is not None else cfg.allocation)
+                       high if high is not None else str(cfg.allocation))
         + (f" (first proposal with probability {prop_eps})" if prop_eps else ""),
         "episodes_per_seed": n_per_seed,
         "mean": {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
@@ -237,12 +257,15 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
                                                               n_per_seed)) for s in solved]}
     gif_path = (out_dir.with_suffix(".gif") if transfer.is_export(out_dir) else
                 out_dir / "eval.gif") if gif is None else Path(gif)
+    if gif is None and cfg.env not in RENDERED_ENVS:
+        gif = "none"  # nothing to draw this env with; asking for a gif explicitly is an error
     if gif is None or gif.lower() != "none":
         first = jax.tree.map(lambda x: x[0], policy)
         played = play_episodes(fns, cfg, first, jax.random.PRNGKey(seed), gif_episodes)
         title = f"{cfg.alg} | seed {cfg.seed} | t_env {int(summary['t_env'][0])}"
         summary["gif"] = str(gif_path)
-        summary["gif_frames"] = save_episodes_gif(played, gif_path, title, cell=cell, fps=fps)
+        summary["gif_frames"] = save_episodes_gif(played, gif_path, title, cell=cell, fps=fps,
+                                                  env_name=cfg.env, env=fns.env)
         summary["gif_returns"] = [ep["return"] for ep in played]
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

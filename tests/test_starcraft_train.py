@@ -43,6 +43,13 @@ def test_trains_on_starcraft_jax(tmp_path, alg):
     assert np.isfinite(chunks[-1]["mean"][loss]) and chunks[-1]["mean"][loss] != 0.0
     if alg == "alma":
         assert np.isfinite(chunks[-1]["mean"]["losses/alloc_q_loss"])
+    if alg == "aqmix":  # a flat method evaluates from its checkpoint, with a GIF of a battle
+        from alma_jax.evaluate import evaluate
+
+        summary = evaluate(tmp_path, episodes=4, gif=str(tmp_path / "battle.gif"),
+                           gif_episodes=1)
+        assert summary["allocation"] == "None" and summary["gif_frames"] >= 2
+        assert (tmp_path / "battle.gif").stat().st_size > 0
 
 
 def test_bad_starcraft_option_is_a_config_error(tmp_path):
