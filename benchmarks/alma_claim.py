@@ -135,7 +135,8 @@ def main() -> None:
     ap.add_argument("--alloc", required=True, help="the allocator: run dir or *.npz export")
     ap.add_argument("--episodes", type=int, default=512, help="per seed and arm")
     ap.add_argument("--out", default="benchmarks/results/alma_claim")
-    ap.add_argument("--commands", nargs="*", default=[], help="commands that made the inputs")
+    ap.add_argument("--commands", nargs="*", default=[],
+                    help="commands that made the inputs, one quoted string each")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,10 @@ def main() -> None:
     result = {arm: arm_summary(s) for arm, s in summaries.items()}
     h, lrn = result["heuristic"], result["learned"]
     result["learned_ci_wholly_above_heuristic"] = bool(lrn["ci95"][0] > h["ci95"][1])
-    result["commands"] = args.commands + [" ".join(["python", *sys.argv])]
+    # this invocation without --commands (whose text is already listed before it)
+    me = ["python", "benchmarks/alma_claim.py", "--low", args.low, "--alloc", args.alloc,
+          "--episodes", str(args.episodes), "--out", args.out]
+    result["commands"] = args.commands + [" ".join(me)]
     result["machine"] = machine_info()
     curve = alloc_curve(Path(args.alloc), out) if not args.alloc.endswith(".npz") else None
     (out / "claim.json").write_text(json.dumps(result, indent=1))

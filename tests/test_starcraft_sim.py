@@ -283,7 +283,7 @@ def test_focus_fire_beats_spread_fire(map_name):
     assert float(focus["return"].mean()) > float(spread["return"].mean())
 
 
-@pytest.mark.parametrize("map_name", ["MMM2", "2s3z"])
+@pytest.mark.parametrize("map_name", ["MMM2", "2s3z", "1c3s5z"])
 def test_batch_written_step_equals_vmapped_step(map_name):
     """`step_batch` (battle axis last) is `vmap(step_env)`: the same battles for 40 steps of
     random available actions (sums over units may round differently: floats to 1e-5)."""
@@ -307,3 +307,24 @@ def test_batch_written_step_equals_vmapped_step(map_name):
                 np.testing.assert_array_equal(a, b)
         obs, s_b, s_v = out_b[0], out_b[1], out_v[1]
     assert int(np.sum(~np.asarray(s_b.units.alive))) > 0  # the battles did fight
+
+
+def test_colossus_splash_hits_opponents_near_its_target_only():
+    names = ["colossus", "zergling", "zergling", "zergling", "zergling", "medivac"]
+    teams = [0, 1, 1, 1, 0, 1]
+    xs = [10.0, 16.0, 16.8, 17.5, 16.5, 16.2]
+    u = battle(names, teams, xs)
+    tb = sim.tables(np.array([T[n] for n in names]), np.array(teams))
+    cmd = attack([1, None, None, None, None, None])
+    r = u
+    for _ in range(8):
+        r = sim.substep(r, cmd, 1.0, BOUNDS, None, tb)
+    volley = 2 * (10.0 + 5.0)  # +5 against light, zerglings have no armour
+    assert float(r.health[1]) == pytest.approx(35.0 - volley)  # the target
+    assert float(r.health[2]) == pytest.approx(35.0 - volley)  # 0.8 away: splashed
+    assert float(r.health[3]) == 35.0  # 1.5 away: outside the 1.0 disc
+    assert float(r.health[4]) == 35.0  # own zergling: no friendly fire
+    assert float(r.health[5]) == 150.0  # flying: ground-only lances miss it
+    # without static tables (types drawn per episode) there is no splash: the target only
+    r = sim.substep(u, cmd, 1.0, BOUNDS)
+    assert float(r.health[2]) == 35.0 and float(r.health[1]) == pytest.approx(35.0 - volley)

@@ -98,6 +98,9 @@ class Tables:
     to_shield: jax.Array  # [U, U] one volley of row on column's shields
     to_health: jax.Array  # [U, U] the same volley on health, after armour
     reach: jax.Array  # [U, U] weapon range plus both radii
+    # Units whose attacks splash (static: numpy tables only) and their radius [S].
+    splash_rows: tuple = struct.field(pytree_node=False, default=())
+    splash_radius: jax.Array | None = None
 
 
 def tables(utype, team) -> Tables:
@@ -125,6 +128,11 @@ def tables(utype, team) -> Tables:
         to_shield=f32(attacks * per_attack),
         to_health=f32(attacks * xp.maximum(per_attack - armour, ut.MIN_DAMAGE)),
         reach=f32(col(ut.RANGE)[:, None] + radius[:, None] + radius[None, :]),
+        # splash needs the splashing slots as static indices: known for static maps only
+        splash_rows=(tuple(int(i) for i in np.nonzero(col(ut.SPLASH_RADIUS) > 0)[0])
+                     if xp is np else ()),
+        splash_radius=(f32(col(ut.SPLASH_RADIUS)[col(ut.SPLASH_RADIUS) > 0])
+                       if xp is np else None),
     )
 
 
@@ -226,6 +234,14 @@ def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, floa
     healer = ex(tb.healer)
     fires = in_range & ~healer & (units.cooldown <= 0.0)
     hit = sel & fires[:, None]
+    if tb.splash_rows:  # every hittable opponent near a splashing unit's target is hit too
+        rows = np.asarray(tb.splash_rows)
+        s_sel = sel[rows].astype(dist.dtype)  # [S, U(target), *B]
+        # distance from each splashing unit's target to every unit: [S, U, *B]
+        from_target = jnp.sum(s_sel[:, :, None] * dist[None, :, :], axis=1)
+        radius = tb.splash_radius.reshape((-1, 1) + (1,) * nb)
+        splashed = (from_target <= radius) & ok[rows] & (fires[rows] & has_target[rows])[:, None]
+        hit = hit.at[rows].set(splashed)
     shield_dmg = jnp.sum(jnp.where(hit, ex(tb.to_shield), 0.0), axis=0)
     health_dmg = jnp.sum(jnp.where(hit, ex(tb.to_health), 0.0), axis=0)
     absorbed = jnp.minimum(units.shield, shield_dmg)

@@ -15,8 +15,8 @@ attack, attacks per volley, bonus damage and the attribute it applies to; weapon
 whether its weapon hits ground / air. Shields regenerate 2 per Normal second after 10 Normal
 seconds (160 loops) without damage.
 
-Simplifications (listed in the README too): no splash (Colossus lances and Baneling
-explosions hit their target only; a Baneling does not die when it attacks), no spells
+Simplifications (listed in the README too): splash as a disc around the target (`SPLASH`;
+a Baneling does not die when it attacks), no spells
 beyond the Medivac's heal, no upgrades, no Zealot charge or Stalker blink, no collisions
 between units, no terrain or pathing, and the agents' units never fire unless ordered to
 (SMAC's ally units are `Passive`, like ALMA's "RL" units).
@@ -62,6 +62,10 @@ ENERGY_REGEN = 0.5625  # per Normal second
 SHIELD_REGEN = 2.0  # per Normal second, after SHIELD_DELAY Normal seconds without damage
 SHIELD_DELAY = 10.0
 MIN_DAMAGE = 0.5  # armour never reduces an attack below this
+# Area damage: every opponent the weapon can hit within this distance of the target's centre
+# takes the full attack. The Colossus's lances sweep a line about 2.8 long across the target
+# (approximated by a disc); the Baneling's explosion has radius 2.2 (it does not die here).
+SPLASH = {"colossus": 1.0, "baneling": 2.2}
 
 
 def _column(i: int) -> np.ndarray:
@@ -82,6 +86,7 @@ HEAL_PER_LOOP = np.array([HEAL_RATE.get(n, 0.0) for n in UNIT_NAMES], np.float32
 IS_HEALER = HEAL_PER_LOOP > 0
 ENERGY_MAX = np.array([ENERGY.get(n, (0.0, 0.0))[0] for n in UNIT_NAMES], np.float32)
 ENERGY_START = np.array([ENERGY.get(n, (0.0, 0.0))[1] for n in UNIT_NAMES], np.float32)
+SPLASH_RADIUS = np.array([SPLASH.get(n, 0.0) for n in UNIT_NAMES], np.float32)
 MAX_COOLDOWN_FEATURE = np.array([SMAC_MAX_COOLDOWN[n] for n in UNIT_NAMES], np.float32)
 
 TYPE_ID = {n: i for i, n in enumerate(UNIT_NAMES)}
