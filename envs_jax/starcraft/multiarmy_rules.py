@@ -1,0 +1,129 @@
+"""ALMA's multi-army rules (starcraft.md A.5-A.9, A.13) as pure JAX functions of padded arrays.
+
+The same rules as the numpy module `envs_jax.bridge.sc2multiarmy_rules` (the bridge's
+reference), written for fixed shapes so that a pure-JAX multi-army env can use them under
+`jit` and `vmap`: units sit in padded slots, agents in [0, MA) and enemies in [MA, MA + ME),
+with `valid` marking real units. Tested equal to the numpy functions on random snapshots
+(tests/test_starcraft_multiarmy_rules.py). Work in progress toward `multiarmy_jax` (issue 18):
+episode generation, the army script and the env itself are not written yet.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from envs_jax.bridge.sc2multiarmy_rules import BASE_RADIUS, HEURISTIC_TOKENS
+
+CRITERIA = ("attacking", "type", "unassigned", "diff")
+_DIFF_SHIFT, _BASE = 16, 64  # `diff` in [-16, 48) packs into one base-64 digit
+
+
+def task_end_codes(x, y, alive, valid, medivac, army, n_armies, centre, n_tasks: int = 3,
+                   base_radius: float = BASE_RADIUS) -> jax.Array:
+    """Enemy arrays [ME] -> [n_tasks] int32: -1 infiltrated (a non-Medivac within the base,
+    dead units included), +1 defeated or absent, 0 active."""
+    in_base = jnp.hypot(x - centre[0], y - centre[1]) < base_radius
+    k = jnp.arange(n_tasks)
+    member = valid[None, :] & (army[None, :] == k[:, None])  # [T, ME]
+    infiltrated = jnp.any(member & in_base[None, :] & ~medivac[None, :], axis=1)
+    defeated = ~jnp.any(member & alive[None, :], axis=1)
+    exists = (k < n_armies) & jnp.any(member, axis=1)
+    codes = jnp.where(infiltrated, -1, jnp.where(defeated, 1, 0))
+    return jnp.where(exists, codes, 1).astype(jnp.int32)
+
+
+def game_end_code(agent_alive, agent_valid, agent_medivac, enemy_alive, enemy_valid,
+                  enemy_medivac, has_medivac: bool) -> jax.Array:
+    """() int32: -1 loss, 1 win, 0 draw, 2 running (the numpy module's None)."""
+    a = agent_alive & agent_valid
+    e = enemy_alive & enemy_valid
+    na, ne = jnp.sum(a), jnp.sum(e)
+    if has_medivac:
+        a_meds_only = ~jnp.any(a & ~agent_medivac)
+        e_meds_only = ~jnp.any(e & ~enemy_medivac)
+    else:
+        a_meds_only = e_meds_only = jnp.bool_(False)
+    loss = ((na == 0) & (ne > 0)) | a_meds_only
+    win = ((na > 0) & (ne == 0)) | e_meds_only
+    draw = (na == 0) & (ne == 0)
+    return jnp.where(loss, -1, jnp.where(win, 1, jnp.where(draw, 0, 2))).astype(jnp.int32)
+
+
+def medivacs_only(alive, valid, medivac, army, n_tasks: int = 3) -> jax.Array:
+    """Enemy arrays [ME] -> [n_tasks] bool: the army has living units, all Medivacs."""
+    live = valid & alive
+    member = live[None, :] & (army[None, :] == jnp.arange(n_tasks)[:, None])
+    return jnp.any(member, axis=1) & ~jnp.any(member & ~medivac[None, :], axis=1)
+
+
+def health_deltas(prev_hs, now_health, now_hs, dead_before, valid):
+    """Per unit: (damage, died) as the numpy `health_deltas`: the drop in health + shield,
+    or the whole previous health + shield for a unit that died this step."""
+    died = valid & ~dead_before & (now_health == 0)
+    damage = jnp.where(dead_before | ~valid, 0.0, jnp.where(died, prev_hs, prev_hs - now_hs))
+    return damage, died
+
+
+def army_damage_rewards(damage, died, army, valid, n_tasks: int, death_value: float = 10.0,
+                        faithful: bool = True) -> jax.Array:
+    """[n_tasks] unscaled per-army damage term; `faithful` misses the killing blow (A.6)."""
+    w = jnp.where(died, 0.0, damage) if faithful else damage + death_value * died
+    member = valid[None, :] & (army[None, :] == jnp.arange(n_tasks)[:, None])
+    return jnp.sum(jnp.where(member, w[None, :], 0.0), axis=1)
+
+
+def parse_style(style: str) -> tuple[str, ...]:
+    tokens = tuple(style.split("-"))
+    bad = [t for t in tokens if t not in HEURISTIC_TOKENS]
+    if bad or not tokens:
+        raise ValueError(f"heuristic_style {style!r}: unknown criteria {bad}; use a dash-"
+                         f"separated list of {list(HEURISTIC_TOKENS)}")
+    return tokens
+
+
+def heuristic_allocation(style: tuple[str, ...], order, agent_types, agent_alive, agent_valid,
+                         enemy_types, enemy_alive, enemy_valid, enemy_army, n_armies,
+                         tasks_complete, attacking, n_types: int, n_tasks: int = 3
+                         ) -> jax.Array:
+    """[MA, n_tasks] bool: ALMA's heuristic allocators (A.13), as the numpy module computes
+    them. Agents are visited in `order` [MA] (padded slots are skipped); each takes the open
+    army ranked first by the style's criteria, largest first, ties to the lowest army id.
+    The criteria tuple is packed into one integer per army so that the ranking is an argmax.
+    """
+    dynamic = "dynamic" in style
+    crit = [c for c in style if c != "dynamic"]
+    k = jnp.arange(n_tasks)
+    counted = enemy_valid & (enemy_alive if dynamic else True)
+    member = counted[None, :] & (enemy_army[None, :] == k[:, None])  # [T, ME]
+    remaining = jnp.sum(member, axis=1).astype(jnp.int32)
+    # unmatched enemies per (type, army)
+    of_type = enemy_types[None, :] == jnp.arange(n_types)[:, None]  # [NT_types, ME]
+    unmatched = jnp.sum(of_type[:, None, :] & member[None, :, :], axis=2).astype(jnp.int32)
+    count = jnp.zeros(n_tasks, jnp.int32)
+    open_army = (k < n_armies) & ~tasks_complete
+
+    def visit(carry, i):
+        remaining, unmatched, count, alloc = carry
+        take = agent_valid[i] & (agent_alive[i] if dynamic else True)
+        mine = unmatched[agent_types[i]] > 0  # [T]
+        values = {"attacking": attacking.astype(jnp.int32), "type": mine.astype(jnp.int32),
+                  "unassigned": (count == 0).astype(jnp.int32),
+                  "diff": remaining + _DIFF_SHIFT}
+        score = jnp.zeros(n_tasks, jnp.int32)
+        for c in crit:
+            score = score * _BASE + values[c]
+        score = jnp.where(open_army, score, -1)
+        best = jnp.argmax(score)  # first maximum: the lowest army id on ties
+        take = take & jnp.any(open_army)
+        hit = take & (k == best)
+        unmatched = unmatched.at[agent_types[i], best].add(
+            -(take & mine[best]).astype(jnp.int32))
+        remaining = remaining - hit.astype(jnp.int32)
+        count = count + hit.astype(jnp.int32)
+        alloc = alloc.at[i].set(hit)
+        return (remaining, unmatched, count, alloc), None
+
+    alloc = jnp.zeros((agent_types.shape[0], n_tasks), bool)
+    (_, _, _, alloc), _ = jax.lax.scan(visit, (remaining, unmatched, count, alloc), order)
+    return alloc

@@ -1,0 +1,133 @@
+"""The JAX multi-army rules equal the numpy reference rules on random padded snapshots."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from envs_jax.bridge import sc2multiarmy_rules as R
+from envs_jax.starcraft import multiarmy_rules as J
+
+MA, ME, T = 8, 9, 3
+
+
+def snapshot(rng):
+    """A random episode: compact numpy Units plus its padded JAX-side arrays."""
+    na, ne = int(rng.integers(1, MA + 1)), int(rng.integers(2, ME + 1))
+    n_armies = int(rng.integers(2, min(ne, 3) + 1))
+    army = np.concatenate([np.arange(n_armies), rng.integers(0, n_armies, ne - n_armies)])
+    n = na + ne
+    kind = rng.integers(0, 3, n)
+    medivac = kind == 2
+    health_max = rng.uniform(40, 150, n)
+    dead = rng.random(n) < 0.3
+    health = np.where(dead, 0.0, rng.uniform(1, 1, n) * health_max * rng.uniform(0.1, 1, n))
+    # some enemies sit near the base centre (16, 16)
+    near = rng.random(n) < 0.15
+    x = np.where(near, 16 + rng.uniform(-1.5, 1.5, n), rng.uniform(0, 32, n))
+    y = np.where(near, 16 + rng.uniform(-1.5, 1.5, n), rng.uniform(0, 32, n))
+    u = R.make_units(na, kind=kind, medivac=medivac, health=health, health_max=health_max,
+                     x=x, y=y)
+
+    def pad(v, fill=0):
+        v = np.asarray(v)
+        a = np.full(MA, fill, v.dtype)
+        e = np.full(ME, fill, v.dtype)
+        a[:na], e[:ne] = v[:na], v[na:]
+        return a, e
+
+    return u, army, n_armies, pad
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_end_codes_medivacs_and_rewards(seed):
+    rng = np.random.default_rng(seed)
+    u, army, n_armies, pad = snapshot(rng)
+    na = u.n_agents
+    _, ex = pad(u.x)
+    _, ey = pad(u.y)
+    a_alive, e_alive = pad(u.alive, False)
+    a_med, e_med = pad(u.medivac, False)
+    a_valid, e_valid = pad(np.ones(u.n, bool), False)
+    army_p = np.zeros(ME, int)
+    army_p[: len(army)] = army
+    codes = J.task_end_codes(jnp.asarray(ex), jnp.asarray(ey), jnp.asarray(e_alive),
+                             jnp.asarray(e_valid), jnp.asarray(e_med), jnp.asarray(army_p),
+                             n_armies, (16.0, 16.0))
+    np.testing.assert_array_equal(codes, R.task_end_codes(u, army, n_armies, (16.0, 16.0)))
+    for has_med in (False, True):
+        got = int(J.game_end_code(*(jnp.asarray(v) for v in (a_alive, a_valid, a_med, e_alive,
+                                                              e_valid, e_med)), has_med))
+        want = R.game_end_code(u, has_med)
+        assert got == (2 if want is None else want)
+    np.testing.assert_array_equal(
+        J.medivacs_only(jnp.asarray(e_alive), jnp.asarray(e_valid), jnp.asarray(e_med),
+                        jnp.asarray(army_p))[:n_armies],
+        R.medivacs_only(u, army, n_armies))
+
+    # a step later: some enemies lost health, some died
+    now = u.copy()
+    hit = rng.random(u.n) < 0.5
+    now.health = np.where(hit, np.maximum(0.0, now.health - rng.uniform(0, 60, u.n)),
+                          now.health)
+    dead_before = ~u.alive[na:]
+    damage, died = R.health_deltas(u, now, dead_before, slice(na, None))
+    _, prev_hs = pad(u.health + u.shield)
+    _, now_hs = pad(now.health + now.shield)
+    _, now_h = pad(now.health)
+    db = np.zeros(ME, bool)
+    db[: len(dead_before)] = dead_before
+    jd, jdied = J.health_deltas(jnp.asarray(prev_hs), jnp.asarray(now_h), jnp.asarray(now_hs),
+                                jnp.asarray(db), jnp.asarray(e_valid))
+    np.testing.assert_allclose(np.asarray(jd)[: u.n_enemies], damage, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(jdied)[: u.n_enemies], died)
+    p = R.RewardParams()
+    for faithful in (True, False):
+        want = R.army_damage_rewards(damage, died, army, T, p, faithful)
+        got = J.army_damage_rewards(jd, jdied, jnp.asarray(army_p), jnp.asarray(e_valid), T,
+                                    p.death_value, faithful)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+STYLES = ["attacking-type-unassigned-diff", "type-unassigned-diff", "diff-type",
+          "dynamic-attacking-type-unassigned-diff", "unassigned"]
+
+
+@pytest.mark.parametrize("style, seed", list(itertools.product(STYLES, range(12))))
+def test_heuristic_allocation_equals_numpy(style, seed):
+    rng = np.random.default_rng(1000 + seed)
+    na, ne = int(rng.integers(1, MA + 1)), int(rng.integers(2, ME + 1))
+    n_armies = int(rng.integers(2, min(ne, 3) + 1))
+    army = np.concatenate([np.arange(n_armies), rng.integers(0, n_armies, ne - n_armies)])
+    a_types, e_types = rng.integers(0, 3, na), rng.integers(0, 3, ne)
+    a_alive, e_alive = rng.random(na) < 0.8, rng.random(ne) < 0.7
+    complete = np.concatenate([rng.random(n_armies) < 0.3, np.ones(T - n_armies, bool)])
+    attacking = rng.random(T) < 0.5
+    order = rng.permutation(na)
+    want = R.heuristic_allocation(R.parse_style(style), order, a_types, a_alive, e_types,
+                                  e_alive, army, n_armies, complete, attacking, MA, T)
+
+    def pad(v, n, fill=0):
+        out = np.full(n, fill, np.asarray(v).dtype)
+        out[: len(v)] = v
+        return jnp.asarray(out)
+
+    # padded agent slots are visited too and must be skipped: mix them in after the first
+    # real agents, keeping the real agents' order
+    order_p = np.concatenate([order, np.arange(na, MA)])
+    rng.shuffle(order_p[na - 1:])  # the last real agent moves among the padding only
+    assert [i for i in order_p if i < na] == list(order)
+    got = J.heuristic_allocation(
+        J.parse_style(style), jnp.asarray(order_p), pad(a_types, MA), pad(a_alive, MA, False),
+        pad(np.ones(na, bool), MA, False), pad(e_types, ME), pad(e_alive, ME, False),
+        pad(np.ones(ne, bool), ME, False), pad(army, ME), n_armies, jnp.asarray(complete),
+        jnp.asarray(attacking), n_types=3, n_tasks=T)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_unknown_style_names_the_criteria():
+    with pytest.raises(ValueError, match="unknown criteria.*nearest"):
+        J.parse_style("type-nearest")
