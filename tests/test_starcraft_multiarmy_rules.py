@@ -131,3 +131,50 @@ def test_heuristic_allocation_equals_numpy(style, seed):
 def test_unknown_style_names_the_criteria():
     with pytest.raises(ValueError, match="unknown criteria.*nearest"):
         J.parse_style("type-nearest")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_masks_and_available_actions_equal_numpy(seed):
+    rng = np.random.default_rng(2000 + seed)
+    u, army, n_armies, pad = snapshot(rng)
+    na, ne = u.n_agents, u.n_enemies
+    has_med = bool(seed % 2)
+    n_actions = 6 + ME + (MA if has_med else 0)
+    layout = R.Layout(MA, ME, n_actions, 3, False)
+    pathing = rng.random((32, 32)) < 0.9
+    m = R.MapInfo(32, 32, 32.0, 32.0, pathing)
+    if not has_med:
+        u.medivac[:] = False
+        u.flying[:] = False
+    ally_tags = ME + rng.permutation(MA)[:na]
+    enemy_tags = rng.permutation(ME)[:ne]
+    dist = R.distance_matrix(u)
+    want = R.avail_actions(u, dist, ally_tags, enemy_tags, army, layout, m)
+
+    def both(v, fill=0):
+        a, e = pad(v, fill)
+        return jnp.asarray(np.concatenate([a, e]))
+
+    x, y, alive = both(u.x), both(u.y), both(u.alive, False)
+    valid = both(np.ones(u.n, bool), False)
+    jd = J.distance_matrix(x, y, alive, valid)
+    army_p = np.zeros(ME, int)
+    army_p[:ne] = army
+    tags = both(np.concatenate([ally_tags, enemy_tags]))
+    got = J.avail_codes(jd, x, y, alive, valid, both(u.medivac, False), both(u.flying, False),
+                        tags, jnp.asarray(army_p), MA, n_actions, jnp.asarray(pathing))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    for sight in (9.0, 28.0):
+        np.testing.assert_array_equal(np.asarray(J.obs_mask(jd, valid, sight)),
+                                      R.obs_mask(dist, layout, na, sight))
+    np.testing.assert_array_equal(np.asarray(J.entity_mask(alive, valid)),
+                                  R.entity_mask(u, layout))
+    alloc = rng.random((MA, T)) < 0.4
+    e_valid = jnp.asarray(np.arange(ME) < ne)
+    np.testing.assert_array_equal(
+        np.asarray(J.entity2task_mask(MA, jnp.asarray(army_p), e_valid, T)),
+        R.entity2task_mask(layout, na, army, T))
+    np.testing.assert_array_equal(
+        np.asarray(J.entity2task_mask(MA, jnp.asarray(army_p), e_valid, T, jnp.asarray(alloc),
+                                      valid[:MA])),
+        R.entity2task_mask(layout, na, army, T, alloc))

@@ -127,3 +127,82 @@ def heuristic_allocation(style: tuple[str, ...], order, agent_types, agent_alive
     alloc = jnp.zeros((agent_types.shape[0], n_tasks), bool)
     (_, _, _, alloc), _ = jax.lax.scan(visit, (remaining, unmatched, count, alloc), order)
     return alloc
+
+
+# ------------------------------------------------------------------ geometry and masks (A.9)
+FAR = 1000.0  # distance of pairs with a dead or padded unit (never seen, never in range)
+
+
+def distance_matrix(x, y, alive, valid) -> jax.Array:
+    """[E, E] distances over padded slots; FAR where either unit is dead or padding, 0 on
+    the diagonal."""
+    d = jnp.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    live = alive & valid
+    d = jnp.where(live[:, None] & live[None, :], d, FAR)
+    return jnp.where(jnp.eye(d.shape[0], dtype=bool), 0.0, d)
+
+
+def obs_mask(dist, valid, sight_range: float) -> jax.Array:
+    """[E, E] bool, True = row cannot see column (far, dead, padding)."""
+    return (dist > sight_range) | ~valid[:, None] | ~valid[None, :]
+
+
+def entity_mask(alive, valid) -> jax.Array:
+    return ~(alive & valid)
+
+
+def entity2task_mask(n_agents_max: int, army, enemy_valid, n_tasks: int = 3,
+                     agent_alloc=None, agent_valid=None) -> jax.Array:
+    """[E, n_tasks] bool, True = not in the task: enemies belong to their army, agents to
+    nothing unless an allocation [MA, n_tasks] is given, padding to nothing."""
+    k = jnp.arange(n_tasks)
+    enemies = ~(enemy_valid[:, None] & (army[:, None] == k[None, :]))
+    if agent_alloc is None:
+        agents = jnp.ones((n_agents_max, n_tasks), bool)
+    else:
+        agents = ~(jnp.asarray(agent_alloc, bool) & agent_valid[:, None])
+    return jnp.concatenate([agents, enemies])
+
+
+def avail_codes(dist, x, y, alive, valid, medivac, flying, tags, army, n_agents_max: int,
+                n_actions: int, pathing, move_amount: float = 2.0,
+                shoot_range: float = 6.0) -> jax.Array:
+    """[MA, n_actions] int32 codes as the numpy `avail_actions`: 1 general, 2 + army for an
+    attack on an enemy of that army within range, 1000 + j for a Medivac's heal of ally j;
+    dead and padded agents only no-op. Arrays are over all E padded slots; `tags` [E] is
+    each unit's tag (its attack/heal column is 6 + tag); `pathing` [map_x, map_y] bool."""
+    MA = n_agents_max
+    h = move_amount / 2
+    ax, ay = x[:MA], y[:MA]
+    px = jnp.stack([ax, ax, ax + h, ax - h], 1)  # north, south, east, west
+    py = jnp.stack([ay + h, ay - h, ay, ay], 1)
+    # int() truncates toward zero, as the original's cell lookup does (x = -0.5 is cell 0)
+    cx, cy = jnp.trunc(px).astype(jnp.int32), jnp.trunc(py).astype(jnp.int32)
+    mx, my = pathing.shape
+    inside = (cx >= 0) & (cx < mx) & (cy >= 0) & (cy < my)
+    moves = inside & pathing[jnp.clip(cx, 0, mx - 1), jnp.clip(cy, 0, my - 1)]
+    col = jnp.arange(n_actions)
+    onehot = (R_N_NO_ATTACK + tags)[:, None] == col[None, :]  # [E, n_actions]
+    in_range = dist[:MA] <= shoot_range  # [MA, E]
+    is_enemy = jnp.arange(dist.shape[0]) >= MA
+    enemy_code = jnp.where(is_enemy, 2 + army_of_slot(army, MA, dist.shape[0]), 0)
+    heal_code = jnp.where(~is_enemy & ~flying, ALLY_CODE + jnp.arange(dist.shape[0]), 0)
+    target_ok = in_range & valid[None, :] & jnp.where(
+        medivac[:MA, None], ~is_enemy[None, :], is_enemy[None, :])
+    value = jnp.where(medivac[:MA, None], heal_code[None, :], enemy_code[None, :])
+    value = jnp.where(target_ok, value, 0)  # [MA, E]
+    targets = jnp.sum(value[:, :, None] * onehot[None, :, :], axis=1)  # [MA, n_actions]
+    live = (alive & valid)[:MA]
+    general = jnp.zeros((MA, n_actions), jnp.int32).at[:, 1].set(1)
+    general = general.at[:, 2:6].set(moves.astype(jnp.int32))
+    codes = jnp.where(col[None, :] >= R_N_NO_ATTACK, targets, general)
+    return jnp.where(live[:, None], codes, (col == 0)[None, :].astype(jnp.int32))
+
+
+def army_of_slot(army, n_agents_max: int, n_slots: int) -> jax.Array:
+    """Enemy army ids [ME] placed on the enemy slots of [E] (0 on agent slots)."""
+    return jnp.concatenate([jnp.zeros(n_agents_max, army.dtype), army])[:n_slots]
+
+
+R_N_NO_ATTACK = 6
+ALLY_CODE = 1000
