@@ -178,3 +178,46 @@ def test_masks_and_available_actions_equal_numpy(seed):
         np.asarray(J.entity2task_mask(MA, jnp.asarray(army_p), e_valid, T, jnp.asarray(alloc),
                                       valid[:MA])),
         R.entity2task_mask(layout, na, army, T, alloc))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_entity_features_equal_numpy(seed):
+    rng = np.random.default_rng(3000 + seed)
+    u, army, n_armies, pad = snapshot(rng)
+    na, ne = u.n_agents, u.n_enemies
+    shields, has_med = bool(seed % 2), bool(seed % 3 == 0)
+    n_actions = 6 + ME + (MA if has_med else 0)
+    layout = R.Layout(MA, ME, n_actions, 3, shields)
+    m = R.MapInfo(32, 32, 30.0, 28.0, np.ones((32, 32), bool))
+    u.shield_max = np.where(rng.random(u.n) < 0.5, 50.0, 0.0)
+    u.shield = u.shield_max * rng.random(u.n)
+    u.energy_max = np.where(u.medivac, 200.0, 0.0)
+    u.energy = u.energy_max * rng.random(u.n)
+    u.cooldown = rng.uniform(0, 20, u.n)
+    u.max_cooldown = rng.choice([15.0, 22.0, 35.0], u.n)
+    prev = u.copy()
+    prev.x, prev.y = u.x - rng.uniform(-1, 1, u.n), u.y - rng.uniform(-1, 1, u.n)
+    ally_tags = ME + rng.permutation(MA)[:na]
+    enemy_tags = rng.permutation(ME)[:ne]
+    avail = rng.integers(0, 3, (MA, n_actions)).astype(np.int32)
+    attacking, since = rng.random(T) < 0.5, rng.integers(-19, 20, T).astype(float)
+    for with_prev in (False, True):
+        want = R.entity_features(layout, u, ally_tags, enemy_tags, avail, attacking, since,
+                                 army, m, prev if with_prev else None)
+
+        def both(v, fill=0):
+            a, e = pad(v, fill)
+            return jnp.asarray(np.concatenate([a, e]))
+
+        army_p = np.zeros(ME, int)
+        army_p[:ne] = army
+        got = J.entity_features(
+            both(u.x), both(u.y), both(u.alive, False), both(np.ones(u.n, bool), False),
+            both(u.kind), both(u.health), both(u.health_max), both(u.shield),
+            both(u.shield_max), both(u.energy), both(u.energy_max), both(u.cooldown),
+            both(u.max_cooldown), both(np.concatenate([ally_tags, enemy_tags])),
+            jnp.asarray(avail), jnp.asarray(attacking), jnp.asarray(since),
+            jnp.asarray(army_p), MA, 3, shields, (32, 32), (30.0, 28.0),
+            (both(prev.x), both(prev.y)) if with_prev else None)
+        assert got.shape == want.shape == (MA + ME, layout.dim)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)

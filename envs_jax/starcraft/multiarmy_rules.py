@@ -206,3 +206,54 @@ def army_of_slot(army, n_agents_max: int, n_slots: int) -> jax.Array:
 
 R_N_NO_ATTACK = 6
 ALLY_CODE = 1000
+
+
+def entity_features(x, y, alive, valid, kind, health, health_max, shield, shield_max, energy,
+                    energy_max, cooldown, max_cooldown, tags, avail, army_attacking,
+                    army_since, army, n_agents_max: int, type_bits: int, shields: bool,
+                    map_xy: tuple[float, float], playable: tuple[float, float],
+                    prev_xy=None, move_amount: float = 2.0, max_switch: float = 20.0
+                    ) -> jax.Array:
+    """[E, dim] float32 entity features (A.8) over padded slots, as the numpy
+    `entity_features`: tag one-hot, the agents' availability of actions 2..., type one-hot,
+    health (and shield), energy and cooldown (agents), position (map-relative and
+    centre-of-mass relative), army phase (enemies), velocity. Padding rows are zeros; dead
+    units keep tag, type and phase."""
+    E = x.shape[0]
+    MA = n_agents_max
+    n_actions = avail.shape[1]
+    f32 = jnp.float32
+    is_agent = jnp.arange(E) < MA
+    live = (alive & valid).astype(f32)
+    v = valid.astype(f32)
+    cols = [(tags[:, None] == jnp.arange(E)[None, :]).astype(f32) * v[:, None]]
+    av = (avail[:, 2:] >= 1).astype(f32) * v[:MA, None]
+    cols.append(jnp.concatenate([av, jnp.zeros((E - MA, n_actions - 2), f32)]))
+    if type_bits:
+        cols.append((kind[:, None] == jnp.arange(type_bits)[None, :]).astype(f32) * v[:, None])
+    cols.append((health / jnp.where(valid, health_max, 1.0) * live)[:, None])
+    if shields:
+        sh = jnp.where(shield_max > 0, shield / jnp.where(shield_max > 0, shield_max, 1.0), 0.0)
+        cols.append((sh * live)[:, None])
+    agent_live = live * is_agent
+    en = jnp.where(energy_max > 0, energy / jnp.where(energy_max > 0, energy_max, 1.0), 0.0)
+    cd = cooldown / jnp.where(valid, max_cooldown, 1.0)
+    cols += [(en * agent_live)[:, None], (cd * agent_live)[:, None]]
+    n_valid = jnp.maximum(jnp.sum(v), 1.0)
+    com_x, com_y = jnp.sum(x * v) / n_valid, jnp.sum(y * v) / n_valid
+    spread = jnp.max(jnp.where(valid, jnp.hypot(x - com_x, y - com_y), 0.0))
+    spread = jnp.where(spread > 0, spread, 1.0)
+    cx, cy = map_xy[0] / 2, map_xy[1] / 2
+    pos = jnp.stack([(x - cx) / playable[0], (y - cy) / playable[1], (x - com_x) / spread,
+                     (y - com_y) / spread], 1)
+    cols.append(pos * live[:, None])
+    army_slot = army_of_slot(army, MA, E)
+    enemy = (~is_agent & valid).astype(f32)
+    cols.append(jnp.stack([army_attacking.astype(f32)[army_slot] * enemy,
+                           army_since.astype(f32)[army_slot] / max_switch * enemy], 1))
+    if prev_xy is None:
+        cols.append(jnp.zeros((E, 2), f32))
+    else:
+        cols.append(jnp.stack([(x - prev_xy[0]) / move_amount,
+                               (y - prev_xy[1]) / move_amount], 1) * v[:, None])
+    return jnp.concatenate(cols, axis=1).astype(f32)
