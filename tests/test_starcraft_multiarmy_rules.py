@@ -221,3 +221,45 @@ def test_entity_features_equal_numpy(seed):
             (both(prev.x), both(prev.y)) if with_prev else None)
         assert got.shape == want.shape == (MA + ME, layout.dim)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+class _Draws:
+    """A stand-in for numpy's Generator that hands out prepared integers in order."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def integers(self, lo, hi, size=None):
+        if size is None:
+            v = self.values.pop(0)
+            assert lo <= v < hi
+            return v
+        out = np.array([self.values.pop(0) for _ in range(size)])
+        assert np.all((out >= lo) & (out < hi))
+        return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_army_script_equals_numpy(seed):
+    rng = np.random.default_rng(4000 + seed)
+    n_armies = int(rng.integers(2, 4))
+    first = rng.integers(0, R.MAX_SWITCH, n_armies)
+    ref = R.ArmyScript()
+    ref.reset(_Draws(first), n_armies)
+    first_p = np.zeros(T, int)
+    first_p[:n_armies] = first
+    cd, since, att = J.army_script_reset(jnp.asarray(first_p), n_armies)
+    for step in range(60):
+        meds = (rng.random(n_armies) < 0.05) if step > 20 else np.zeros(n_armies, bool)
+        toggles = [k for k in range(n_armies) if not meds[k] and ref.countdown[k] == 0]
+        draws = rng.integers(R.MIN_SWITCH + 1, R.MAX_SWITCH + 1, len(toggles))
+        ref.switch(_Draws(draws), meds)
+        new = np.zeros(T, int)
+        new[toggles] = draws
+        meds_p = np.zeros(T, bool)
+        meds_p[:n_armies] = meds
+        cd, since, att = J.army_switch(cd, since, att, jnp.asarray(meds_p), n_armies,
+                                       jnp.asarray(new))
+        np.testing.assert_array_equal(np.asarray(cd)[:n_armies], ref.countdown)
+        np.testing.assert_array_equal(np.asarray(since)[:n_armies], ref.since)
+        np.testing.assert_array_equal(np.asarray(att)[:n_armies], ref.attacking)

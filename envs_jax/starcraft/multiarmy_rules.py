@@ -257,3 +257,38 @@ def entity_features(x, y, alive, valid, kind, health, health_max, shield, shield
         cols.append(jnp.stack([(x - prev_xy[0]) / move_amount,
                                (y - prev_xy[1]) / move_amount], 1) * v[:, None])
     return jnp.concatenate(cols, axis=1).astype(f32)
+
+
+# ------------------------------------------------------------------- the army script (A.4)
+MIN_SWITCH, MAX_SWITCH = 10, 20
+
+
+def army_script_reset(first_countdown, n_armies) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(countdown, since, attacking) [T] at reset from draws [T] uniform in 0..19 (armies
+    beyond n_armies are ignored): the minimum over the armies is subtracted, so at least
+    one army switches to attack at once. Run `army_switch` once afterwards, as the original."""
+    T_ = first_countdown.shape[0]
+    exists = jnp.arange(T_) < n_armies
+    low = jnp.min(jnp.where(exists, first_countdown, MAX_SWITCH))
+    countdown = jnp.where(exists, first_countdown - low, 0).astype(jnp.int32)
+    return countdown, jnp.zeros(T_, jnp.float32), jnp.zeros(T_, bool)
+
+
+def army_switch(countdown, since, attacking, medivacs_only, n_armies, new_countdown
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The switch routine, run after every agent step (A.4): an army with only Medivacs left
+    retreats for good (its time-since-switch reset to -20); an army whose countdown is 0
+    toggles attack/retreat and takes a new countdown (`new_countdown` [T], uniform in
+    11..20); then every countdown decrements and every time-since-switch increments.
+    Armies beyond n_armies stay as they are."""
+    T_ = countdown.shape[0]
+    exists = jnp.arange(T_) < n_armies
+    toggle = exists & ~medivacs_only & (countdown == 0)
+    attacking = jnp.where(exists & medivacs_only, False,
+                          jnp.where(toggle, ~attacking, attacking))
+    countdown = jnp.where(toggle, new_countdown, countdown)
+    since = jnp.where(exists & medivacs_only, -float(MAX_SWITCH),
+                      jnp.where(toggle, -1.0, since))
+    countdown = jnp.where(exists, countdown - 1, countdown)
+    since = jnp.where(exists, since + 1.0, since)
+    return countdown.astype(jnp.int32), since, attacking
