@@ -263,3 +263,38 @@ def test_army_script_equals_numpy(seed):
         np.testing.assert_array_equal(np.asarray(cd)[:n_armies], ref.countdown)
         np.testing.assert_array_equal(np.asarray(since)[:n_armies], ref.since)
         np.testing.assert_array_equal(np.asarray(att)[:n_armies], ref.attacking)
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_battle_reward_and_boost_equal_numpy(seed):
+    rng = np.random.default_rng(5000 + seed)
+    u, army, n_armies, pad = snapshot(rng)
+    na = u.n_agents
+    now = u.copy()
+    now.health = np.where(rng.random(u.n) < 0.5,
+                          np.maximum(0.0, u.health - rng.uniform(0, 60, u.n)), u.health)
+    dead_e, dead_a = ~u.alive[na:], ~u.alive[:na]
+    for only_positive in (True, False):
+        p = R.RewardParams(only_positive=only_positive)
+        want, dmg, died = R.battle_reward(u, now, dead_e, dead_a, p)
+        a_dmg, a_died = R.health_deltas(u, now, dead_a, slice(0, na))
+        got = J.battle_reward(jnp.asarray(dmg), jnp.asarray(died), jnp.asarray(a_dmg),
+                              jnp.asarray(a_died), only_positive=only_positive)
+        assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-3)
+    ne = u.n_enemies
+    assert float(J.boost_fraction(na, ne, n_armies)) == pytest.approx(
+        R.boost_fraction(na, ne, n_armies))
+    codes = rng.choice([-1, 0, 1], T)
+    complete = rng.random(T) < 0.3
+    spawns = rng.uniform(0, 32, (T, 2))
+    spawns_p = spawns.copy()
+    spawns_p[n_armies:] = 1e6  # absent armies: never the nearest
+    heal, _ = R.boost_recipients(u, codes[:n_armies], complete[:n_armies], spawns[:n_armies])
+    a_x, _ = pad(u.x)
+    a_y, _ = pad(u.y)
+    a_alive, _ = pad(u.alive, False)
+    a_valid, _ = pad(np.ones(u.n, bool), False)
+    got = J.boost_recipients(jnp.asarray(a_x), jnp.asarray(a_y), jnp.asarray(a_alive),
+                             jnp.asarray(a_valid), jnp.asarray(codes), jnp.asarray(complete),
+                             jnp.asarray(spawns_p))
+    assert sorted(np.nonzero(np.asarray(got))[0].tolist()) == sorted(set(heal))

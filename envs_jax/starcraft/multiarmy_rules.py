@@ -292,3 +292,29 @@ def army_switch(countdown, since, attacking, medivacs_only, n_armies, new_countd
     countdown = jnp.where(exists, countdown - 1, countdown)
     since = jnp.where(exists, since + 1.0, since)
     return countdown.astype(jnp.int32), since, attacking
+
+
+# --------------------------------------------------------------- rewards and boost (A.6, A.7)
+def battle_reward(enemy_damage, enemy_died, ally_damage, ally_died, death_value: float = 10.0,
+                  only_positive: bool = True, negative_scale: float = 0.5) -> jax.Array:
+    """() unscaled global shaped reward without the win bonus (the numpy `battle_reward`)."""
+    reward = jnp.sum(enemy_damage) + death_value * jnp.sum(enemy_died)
+    if not only_positive:
+        reward = reward - negative_scale * (jnp.sum(ally_damage)
+                                            + death_value * jnp.sum(ally_died))
+    return reward
+
+
+def boost_fraction(n_agents, n_enemies, n_armies, mult: float = 4.0) -> jax.Array:
+    return mult * (n_enemies - n_agents) / (n_agents * jnp.maximum(n_armies - 1, 1))
+
+
+def boost_recipients(x, y, alive, valid, codes, tasks_complete, spawn_points
+                     ) -> jax.Array:
+    """Agent arrays [MA] -> [MA] bool: living agents whose nearest army spawn point
+    (`spawn_points` [T, 2], absent armies far away) is that of an army defeated this step
+    (code +1, not complete before)."""
+    d = jnp.hypot(x[:, None] - spawn_points[None, :, 0], y[:, None] - spawn_points[None, :, 1])
+    near = jnp.argmin(d, axis=1)  # first on ties, as the numpy argmin
+    newly = (codes == 1) & ~tasks_complete
+    return alive & valid & newly[near]
