@@ -16,7 +16,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGS = ("aqmix", "heuristic", "random_alloc", "alma", "alma_nomask", "refil", "copa", "lica",
         "alma_lica")
 RECIPES = ("cpu",)  # configs/recipe/<name>.yaml: named bundles of overrides
-ENVS = ("savethecity", "traffic_junction", "starcraft_jax", "host_savethecity",
+ENVS = ("savethecity", "traffic_junction", "starcraft_jax", "multiarmy_jax", "host_savethecity",
         "host_traffic_junction", "smac", "sc2multiarmy")
 
 
@@ -40,9 +40,11 @@ def alloc_settings(cfg: Config) -> dict[str, Any]:
 
 
 # envs with a spec heuristic allocation
-HEURISTIC_ENVS = ("savethecity", "host_savethecity", "sc2multiarmy", "starcraft_jax")
-# envs that compute their heuristic host-side, only when asked (starcraft.md A.13)
-HOST_HEURISTIC_ENVS = ("sc2multiarmy",)
+HEURISTIC_ENVS = ("savethecity", "host_savethecity", "sc2multiarmy", "starcraft_jax",
+                  "multiarmy_jax")
+# envs that compute their heuristic inside the env, only when asked, and write it into the
+# agents' subtask rows (starcraft.md A.13)
+HOST_HEURISTIC_ENVS = ("sc2multiarmy", "multiarmy_jax")
 
 
 class ConfigError(ValueError):

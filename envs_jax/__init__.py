@@ -7,7 +7,8 @@ from typing import Any
 
 from envs_jax.core import Environment, Observation
 
-ENVIRONMENTS = ("savethecity", "traffic_junction", "starcraft_jax", "host_savethecity",
+ENVIRONMENTS = ("savethecity", "traffic_junction", "starcraft_jax", "multiarmy_jax",
+                "host_savethecity",
                 "host_traffic_junction", "smac", "sc2multiarmy")
 
 
@@ -59,6 +60,16 @@ def make(name: str, **kwargs: Any) -> Environment:
         if bad:
             raise ValueError(f"unknown starcraft_jax option(s) {bad}; allowed: {allowed}")
         return StarCraftJax(**kwargs)
+    if name == "multiarmy_jax":
+        import inspect
+
+        from envs_jax.starcraft.multiarmy_env import MultiArmyJax
+
+        allowed = sorted(inspect.signature(MultiArmyJax).parameters)
+        bad = sorted(set(kwargs) - set(allowed))
+        if bad:
+            raise ValueError(f"unknown multiarmy_jax option(s) {bad}; allowed: {allowed}")
+        return MultiArmyJax(**kwargs)
     if name == "traffic_junction":
         from envs_jax.traffic_junction import TrafficJunction
 

@@ -52,6 +52,27 @@ def test_trains_on_starcraft_jax(tmp_path, alg):
         assert (tmp_path / "battle.gif").stat().st_size > 0
 
 
+MULTIARMY = ["env=multiarmy_jax", "+env_args.episode_limit=20",
+             "+env_args.team_sizes=[3,4]"]
+
+
+@pytest.mark.parametrize("alg", ["heuristic", "alma"])  # lica: on starcraft_jax above
+def test_trains_on_multiarmy_jax(tmp_path, alg):
+    base = [o for o in TINY if not o.startswith(("env=", "env.", "+env_args"))]
+    cfg = load_config([f"alg={alg}", *base, *MULTIARMY, *EXTRA.get(alg, []),
+                       f"out_dir={tmp_path}"])
+    out = train_mod.run(cfg)
+    assert int(np.min(np.asarray(out["state"].t_env))) >= 300
+    records = [json.loads(ln) for ln in (Path(tmp_path) / "metrics.jsonl").read_text()
+               .splitlines()]
+    evals = [r for r in records if "eval/return_mean" in r["mean"]]
+    for key in ("eval/battle_won_mean", "eval/perc_armies_defeated_mean",
+                "eval/base_infiltrated_mean", "eval/return_mean"):
+        assert np.isfinite(evals[-1]["mean"][key]), key
+    if alg != "lica":  # allocating methods spread agents over the armies
+        assert "eval_alloc/agents_per_used_subtask" in evals[-1]["mean"]
+
+
 def test_bad_starcraft_option_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="allowed.*map_name"):
         load_config(["env=starcraft_jax", "+env_args.nope=1", f"out_dir={tmp_path}"])
