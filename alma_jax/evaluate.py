@@ -119,7 +119,7 @@ def play_episodes(fns: TrainFns, cfg, policy: Any, key: jax.Array, n_episodes: i
     return episodes
 
 
-RENDERED_ENVS = ("savethecity", "starcraft_jax")
+RENDERED_ENVS = ("savethecity", "starcraft_jax", "multiarmy_jax")
 
 
 def _renderer(env_name: str, env):
@@ -128,7 +128,7 @@ def _renderer(env_name: str, env):
         from envs_jax.savethecity.render import render_state
 
         return lambda st, cell, **kw: render_state(st, cell=cell, **kw)
-    if env_name == "starcraft_jax":
+    if env_name in ("starcraft_jax", "multiarmy_jax"):
         from envs_jax.starcraft.render import render_state
 
         return lambda st, cell, allocation=None, **kw: render_state(st, env, scale=cell * 3 // 4,

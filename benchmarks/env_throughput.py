@@ -2,7 +2,8 @@
 
     python benchmarks/env_throughput.py [--num-envs 1 64 1024 4096 16384] [--steps N]
         [--modes autoreset_terminal autoreset trainer] [--steppers batch vmap]
-        [--env savethecity|starcraft_jax] [--scenario 2-5a_2-5b] [--map 5m_vs_6m]
+        [--env savethecity|starcraft_jax|multiarmy_jax] [--scenario 2-5a_2-5b]
+        [--map 5m_vs_6m] [--army-scenario 6-8sz_maxsize4_maxarmies3_symmetric]
 
 Modes and steppers are those of `benchmarks/_env_loop.py`: `autoreset_terminal` consumes the
 observation and the terminal observation of an auto-resetting step, `autoreset` the
@@ -36,9 +37,12 @@ def measure(env, num_envs: int, num_steps: int, repeats: int, mode: str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--env", default="savethecity", choices=["savethecity", "starcraft_jax"])
+    ap.add_argument("--env", default="savethecity",
+                    choices=["savethecity", "starcraft_jax", "multiarmy_jax"])
     ap.add_argument("--scenario", default="2-5a_2-5b", help="savethecity's scenario")
     ap.add_argument("--map", default="5m_vs_6m", help="starcraft_jax's map_name")
+    ap.add_argument("--army-scenario", default="6-8sz_maxsize4_maxarmies3_symmetric",
+                    help="multiarmy_jax's scenario")
     ap.add_argument("--num-envs", type=int, nargs="+", default=[1, 64, 1024, 4096, 16384])
     ap.add_argument("--steps", type=int, default=None, help="scan length (default: by size)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -48,8 +52,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.env == "savethecity":
         env, scenario = envs_jax.make("savethecity", scenario=args.scenario), args.scenario
-    else:
+    elif args.env == "starcraft_jax":
         env, scenario = envs_jax.make("starcraft_jax", map_name=args.map), args.map
+    else:
+        env = envs_jax.make("multiarmy_jax", scenario=args.army_scenario)
+        scenario = args.army_scenario
     results = []
     for n in args.num_envs:
         steps = args.steps or max(64, min(4096, 2_000_000 // max(n, 1) // 8))

@@ -79,6 +79,7 @@ class MultiArmyJax(Environment):
         self.n_substeps, self.move_amount = int(n_substeps), float(move_amount)
         self.cooldown_jitter = bool(cooldown_jitter)
         self.bounds = (MAP_SIZE, MAP_SIZE)
+        self.size = np.array([MAP_SIZE, MAP_SIZE], np.float32)  # for the renderer
         self.pathing = np.ones((int(MAP_SIZE), int(MAP_SIZE)), bool)
 
         # compositions as static tables: agents grouped in "RL" type-id order, enemies as

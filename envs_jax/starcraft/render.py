@@ -22,13 +22,16 @@ LETTER = {"marine": "m", "marauder": "M", "medivac": "V", "zealot": "z", "stalke
           "colossus": "C", "zergling": "g", "hydralisk": "h", "baneling": "b"}
 
 
-def render_state(state: Any, env: StarCraftJax, actions: Any = None, reward: float | None = None,
-                 title: str = "", scale: int = 16, **_: Any) -> np.ndarray:
-    """One frame [H, W, 3] uint8 of a `BattleState` (numpy or JAX leaves)."""
+def render_state(state: Any, env: StarCraftJax | Any, actions: Any = None,
+                 reward: float | None = None, title: str = "", scale: int = 16, **_: Any
+                 ) -> np.ndarray:
+    """One frame [H, W, 3] uint8 of a `BattleState` or multi-army `ArmyState` (numpy or JAX
+    leaves)."""
     u = state.units
     pos, alive = np.asarray(u.pos), np.asarray(u.alive)
     health, shield = np.asarray(u.health), np.asarray(u.shield)
     utype = np.asarray(u.utype)
+    valid = np.asarray(u.valid)
     W, H = (float(v) for v in env.size)
     head = 22
     img = Image.new("RGB", (int(W * scale), int(H * scale) + head), BG_RGB)
@@ -45,6 +48,14 @@ def render_state(state: Any, env: StarCraftJax, actions: Any = None, reward: flo
         text += f"  r={reward:+.2f}"
     d.text((4, 4), text, fill=TEXT_RGB)
 
+    if hasattr(state, "spawn"):  # multi-army: the base (radius 2) and the armies' spawn points
+        bx, by = px((W / 2, H / 2))
+        d.ellipse([bx - 2 * scale, by - 2 * scale, bx + 2 * scale, by + 2 * scale],
+                  outline=(120, 120, 120), width=2)
+        for k, p in enumerate(np.asarray(state.spawn)):
+            if abs(p[0]) < 1e5:
+                sx, sy = px(p)
+                d.text((sx - 3, sy - 20), f"army {k}", fill=(160, 80, 70))
     A = env.n_agents
     if actions is not None:
         acts = np.asarray(actions)
@@ -55,7 +66,11 @@ def render_state(state: Any, env: StarCraftJax, actions: Any = None, reward: flo
             if a >= N_NO_ATTACK:
                 j = a - N_NO_ATTACK
                 healer = bool(ut.IS_HEALER[utype[i]])
-                t = j if healer else A + j
+                tags = getattr(state, "tags", None)
+                if tags is not None:  # multi-army: actions name units by their tag
+                    t = int(np.argmax(np.asarray(tags) == j))
+                else:
+                    t = j if healer else A + j
                 d.line([px(pos[i]), px(pos[t])], fill=(60, 170, 60) if healer else (230, 60, 40),
                        width=2)
             elif NORTH <= a <= WEST:
@@ -63,6 +78,8 @@ def render_state(state: Any, env: StarCraftJax, actions: Any = None, reward: flo
                 d.line([px(pos[i]), px(end)], fill=TEXT_RGB, width=1)
 
     for i in range(len(utype)):
+        if not valid[i]:  # padding slot
+            continue
         name = ut.UNIT_NAMES[utype[i]]
         cx, cy = px(pos[i])
         r = max(3.0, float(ut.RADIUS[utype[i]]) * scale)
