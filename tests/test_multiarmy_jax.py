@@ -182,3 +182,15 @@ def test_unknown_option_and_scenario():
         envs_jax.make("multiarmy_jax", nope=1)
     with pytest.raises(ValueError, match="unknown sc2multiarmy scenario"):
         envs_jax.make("multiarmy_jax", scenario="9z")
+
+
+def test_allocation_matters_with_a_scripted_low_level():
+    """The heuristic's allocation wins far more than random allocation (S&Z symmetric)."""
+    from envs_jax.starcraft.scripted import army_play
+
+    env = envs_jax.make("multiarmy_jax")
+    keys = jax.random.split(jax.random.PRNGKey(7), 64)
+    heur = jax.jit(jax.vmap(lambda k: army_play(env, "heuristic", k)))(keys)
+    rand = jax.jit(jax.vmap(lambda k: army_play(env, "random", k)))(keys)
+    assert float(heur["battle_won"].mean()) > float(rand["battle_won"].mean()) + 0.4
+    assert float(rand["base_infiltrated"].mean()) > float(heur["base_infiltrated"].mean())

@@ -87,3 +87,79 @@ def play(env: StarCraftJax, policy, key: jax.Array) -> dict[str, jax.Array]:
     keys = jax.random.split(key, env.episode_limit)
     (_, ret, won, length, _), _ = jax.lax.scan(body, init, keys)
     return {"battle_won": won, "return": ret, "length": length}
+
+
+# ---------------------------------------------------------------- ALMA's multi-army setting
+def army_low_level(env, state, alloc: jax.Array) -> jax.Array:
+    """A scripted low level for `multiarmy_jax`: each agent shoots (or heals within) its
+    allocated army: the nearest enemy of that army in range, else walks toward the army's
+    living units (its spawn point when none is left). alloc [MA, T] bool."""
+    avail = env._dist_avail(state)[1]
+    MA = env.MA
+    u = state.units
+    task = jnp.argmax(alloc, axis=1)
+    codes = avail[:, N_NO_ATTACK:]
+    medivac = jnp.asarray(env.is_medivac)[state.kind[:MA]]
+    # column of each unit's tag: the unit in that column
+    n_cols = codes.shape[1]
+    col_unit = jnp.argmax(state.tags[None, :] == jnp.arange(n_cols)[:, None], axis=1)
+    pos = u.pos
+    d = jnp.hypot(pos[:MA, None, 0] - pos[col_unit][None, :, 0],
+                  pos[:MA, None, 1] - pos[col_unit][None, :, 1])
+    mine = jnp.where(medivac[:, None], codes >= 1000, codes == 2 + task[:, None])
+    pick = jnp.argmin(jnp.where(mine, d, jnp.inf), axis=1)
+    member = (state.army[None, :] == task[:, None]) & u.alive[None, MA:] & u.valid[None, MA:]
+    cnt = jnp.maximum(jnp.sum(member, 1), 1)
+    gx = jnp.where(jnp.any(member, 1), jnp.sum(member * pos[None, MA:, 0], 1) / cnt,
+                   state.spawn[task, 0])
+    gy = jnp.where(jnp.any(member, 1), jnp.sum(member * pos[None, MA:, 1], 1) / cnt,
+                   state.spawn[task, 1])
+    dx, dy = gx - pos[:MA, 0], gy - pos[:MA, 1]
+    horizontal = jnp.abs(dx) >= jnp.abs(dy)
+    move = jnp.where(horizontal, jnp.where(dx > 0, EAST, WEST), jnp.where(dy > 0, NORTH, SOUTH))
+    move = jnp.where(jnp.take_along_axis(avail, move[:, None], 1)[:, 0] >= 1, move, 1)
+    act = jnp.where(jnp.any(mine, 1), N_NO_ATTACK + pick, move)
+    return jnp.where(avail[:, 0] >= 1, 0, act).astype(jnp.int32)
+
+
+def army_allocation(env, state, how: str, key: jax.Array) -> jax.Array:
+    """[MA, T]: 'heuristic' (the env's style), 'random' (uniform over open armies) or
+    'first' (everyone on the first open army)."""
+    MA, T = env.MA, env.n_tasks
+    open_army = ~state.tasks_complete
+    if how == "heuristic":
+        return env.heuristic_of_state(state)
+    if how == "random":
+        logits = jnp.where(open_army, 0.0, -1e9)
+        pick = jax.random.categorical(key, jnp.broadcast_to(logits, (MA, T)))
+    else:
+        pick = jnp.broadcast_to(jnp.argmax(open_army), (MA,))
+    return jax.nn.one_hot(pick, T, dtype=bool) & state.units.valid[:MA, None]
+
+
+def army_play(env, how: str, key: jax.Array, action_length: int = 3) -> dict:
+    """One `multiarmy_jax` episode of the scripted low level under an allocation rule,
+    re-allocating every `action_length` steps and when a subtask ends."""
+    key, k_reset = jax.random.split(key)
+    obs, state = env.reset(k_reset)
+
+    def body(carry, k):
+        state, alloc, timer, changed, done, out = carry
+        k_a, k_s = jax.random.split(k)
+        decide = (timer % action_length == 0) | changed
+        alloc = jnp.where(decide, army_allocation(env, state, how, k_a), alloc)
+        _, state, r, d, info = env.step_env(k_s, state, army_low_level(env, state, alloc))
+        live = ~done
+        out = {"return": out["return"] + jnp.where(live, r, 0.0),
+               "battle_won": out["battle_won"] | (live & info["battle_won"]),
+               "base_infiltrated": out["base_infiltrated"] | (live & info["base_infiltrated"]),
+               "perc_armies_defeated": jnp.where(live & d, info["perc_armies_defeated"],
+                                                 out["perc_armies_defeated"])}
+        return (state, alloc, timer + 1, info["tasks_changed"], done | d, out), None
+
+    out0 = {"return": jnp.float32(0.0), "battle_won": jnp.bool_(False),
+            "base_infiltrated": jnp.bool_(False), "perc_armies_defeated": jnp.float32(0.0)}
+    alloc0 = jnp.zeros((env.MA, env.n_tasks), bool)
+    init = (state, alloc0, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), out0)
+    (_, _, _, _, _, out), _ = jax.lax.scan(body, init, jax.random.split(key, env.episode_limit))
+    return out
