@@ -25,7 +25,8 @@ EXTRA = {
 }
 
 
-@pytest.mark.parametrize("alg", ["aqmix", "heuristic", "alma", "lica"])
+# allocating methods train on multiarmy_jax below (starcraft_jax has a single subtask)
+@pytest.mark.parametrize("alg", ["aqmix", "lica"])
 def test_trains_on_starcraft_jax(tmp_path, alg):
     cfg = load_config([f"alg={alg}", *TINY, *EXTRA.get(alg, []), f"out_dir={tmp_path}"])
     out = train_mod.run(cfg)
@@ -41,8 +42,6 @@ def test_trains_on_starcraft_jax(tmp_path, alg):
     assert 0.0 <= evals[-1]["mean"]["eval/return_mean"] <= 20.0 + 1e-4
     loss = "losses/critic_loss" if alg == "lica" else "losses/q_loss"
     assert np.isfinite(chunks[-1]["mean"][loss]) and chunks[-1]["mean"][loss] != 0.0
-    if alg == "alma":
-        assert np.isfinite(chunks[-1]["mean"]["losses/alloc_q_loss"])
     if alg == "aqmix":  # a flat method evaluates from its checkpoint, with a GIF of a battle
         from alma_jax.evaluate import evaluate
 
@@ -69,8 +68,10 @@ def test_trains_on_multiarmy_jax(tmp_path, alg):
     for key in ("eval/battle_won_mean", "eval/perc_armies_defeated_mean",
                 "eval/base_infiltrated_mean", "eval/return_mean"):
         assert np.isfinite(evals[-1]["mean"][key]), key
-    if alg != "lica":  # allocating methods spread agents over the armies
-        assert "eval_alloc/agents_per_used_subtask" in evals[-1]["mean"]
+    assert "eval_alloc/agents_per_used_subtask" in evals[-1]["mean"]
+    chunks = [r for r in records if "learner_updates" in r["mean"]]
+    if alg == "alma":
+        assert np.isfinite(chunks[-1]["mean"]["losses/alloc_q_loss"])
 
 
 def test_bad_starcraft_option_is_a_config_error(tmp_path):
