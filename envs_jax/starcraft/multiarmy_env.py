@@ -79,6 +79,8 @@ class MultiArmyJax(Environment):
         self.n_substeps, self.move_amount = int(n_substeps), float(move_amount)
         self.cooldown_jitter = bool(cooldown_jitter)
         self.bounds = (MAP_SIZE, MAP_SIZE)
+        n = f.n_entities  # battles per simulated chunk: about 124k unit pairs (see smac_env)
+        self.sim_chunk = int(np.clip(2 ** round(np.log2(1024 * 121 / (n * n))), 32, 1024))
         self.size = np.array([MAP_SIZE, MAP_SIZE], np.float32)  # for the renderer
         self.pathing = np.ones((int(MAP_SIZE), int(MAP_SIZE)), bool)
 
@@ -274,14 +276,45 @@ class MultiArmyJax(Environment):
                             point=jnp.concatenate([point, e_point]))
 
     def step_env(self, key: jax.Array, state: ArmyState, actions: jax.Array):
-        s, MA = state, self.MA
         k_sim, k_switch = jax.random.split(key)
-        _, avail = self._dist_avail(s)
-        before = s.units
+        _, avail = self._dist_avail(state)
         noise = (sim.cooldown_noise(k_sim, self.n_substeps, self.n_entities)
                  if self.cooldown_jitter else None)
-        after = sim.advance(before, self._commands(s, actions, avail), self.n_substeps,
-                            self.bounds, noise)
+        after = sim.advance(state.units, self._commands(state, actions, avail),
+                            self.n_substeps, self.bounds, noise)
+        return self._finish(state, after, k_switch)
+
+    def step_batch(self, keys: jax.Array, state: ArmyState, actions: jax.Array):
+        """`jax.vmap(step_env)` with the sub-steps on battle-axis-last arrays (per-battle
+        unit tables, `sim.batched_tables`), in chunks of `sim_chunk` battles."""
+        split = jax.vmap(jax.random.split)(keys)
+        k_sim, k_switch = split[:, 0], split[:, 1]
+        avail = jax.vmap(lambda s: self._dist_avail(s)[1])(state)
+        cmd = jax.vmap(self._commands)(state, actions, avail)
+        noise = (jax.vmap(lambda k: sim.cooldown_noise(k, self.n_substeps, self.n_entities))(
+            k_sim) if self.cooldown_jitter else None)
+
+        def simulate(units, cmd, noise):
+            tb = sim.batched_tables(units.utype, units.team)
+            noise = None if noise is None else jnp.moveaxis(noise, 0, -1)
+            after = sim.advance(sim.to_batch_last(units), sim.to_batch_last(cmd),
+                                self.n_substeps, self.bounds, noise, tb)
+            return sim.to_batch_first(after)
+
+        E, c = keys.shape[0], self.sim_chunk
+        if E > c and E % c == 0:
+            cut = lambda x: x.reshape((E // c, c) + x.shape[1:])  # noqa: E731
+            after = jax.lax.map(lambda a: simulate(*a),
+                                jax.tree.map(cut, (state.units, cmd, noise)))
+            after = jax.tree.map(lambda x: x.reshape((E,) + x.shape[2:]), after)
+        else:
+            after = simulate(state.units, cmd, noise)
+        return jax.vmap(self._finish)(state, after, k_switch)
+
+    def _finish(self, state: ArmyState, after: sim.Units, k_switch: jax.Array):
+        """Rewards, boost, termination, the army script and the observation of a step."""
+        s, MA = state, self.MA
+        before = s.units
         after = jax.tree.map(lambda n, o: jnp.where(s.over, o, n), after, before)
         t = s.t + 1
         med = self._medivac(s)

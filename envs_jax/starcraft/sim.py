@@ -101,6 +101,9 @@ class Tables:
     # Units whose attacks splash (static: numpy tables only) and their radius [S].
     splash_rows: tuple = struct.field(pytree_node=False, default=())
     splash_radius: jax.Array | None = None
+    # True: every array already carries the trailing battle axes (one table per battle, for
+    # compositions drawn per episode), so it is not broadcast
+    batched: bool = struct.field(pytree_node=False, default=False)
 
 
 def tables(utype, team) -> Tables:
@@ -191,6 +194,10 @@ def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, floa
 
     def ex(x):  # a one-battle table, broadcast over the trailing batch axes
         x = jnp.asarray(x)
+        return x if tb.batched else x.reshape(x.shape + (1,) * nb)
+
+    def ex_const(x):  # a constant of the battle's shape, never batched
+        x = jnp.asarray(x)
         return x.reshape(x.shape + (1,) * nb)
 
     alive = units.alive
@@ -205,10 +212,10 @@ def substep(units: Units, cmd: Commands, loops: float, bounds: tuple[float, floa
     damaged = (units.health < max_health)[None, :]
     usable = ok & jnp.where(ex(tb.healer)[:, None], damaged, True)
     seen = usable & (dist <= ex(tb.sight)[:, None])
-    ranked = jnp.where(seen, dist + ex(1e-6 * np.arange(n, dtype=np.float32))[None, :],
+    ranked = jnp.where(seen, dist + ex_const(1e-6 * np.arange(n, dtype=np.float32))[None, :],
                        jnp.inf)
     acquired = seen & (ranked == jnp.min(ranked, axis=1, keepdims=True))
-    ordered = ok & (cmd.target[:, None] == ex(np.arange(n))[None, :])
+    ordered = ok & (cmd.target[:, None] == ex_const(np.arange(n))[None, :])
     sel = jnp.where((cmd.kind == ATTACK)[:, None], ordered,
                     (cmd.kind == ATTACK_MOVE)[:, None] & acquired)
     has_target = jnp.any(sel, axis=1)
@@ -297,6 +304,12 @@ def advance(units: Units, cmd: Commands, n_substeps: int, bounds: tuple[float, f
                                  lambda _, u: substep(u, cmd, loops, bounds, None, tb), units)
     return jax.lax.fori_loop(0, n_substeps,
                              lambda i, u: substep(u, cmd, loops, bounds, noise[i], tb), units)
+
+
+def batched_tables(utype: jax.Array, team: jax.Array) -> Tables:
+    """`Tables` of E battles [E, U] with the battle axis last (`Tables.batched`)."""
+    tb = jax.vmap(tables)(utype, team)
+    return to_batch_last(tb).replace(batched=True)
 
 
 def to_batch_last(tree):
