@@ -328,3 +328,28 @@ def test_colossus_splash_hits_opponents_near_its_target_only():
     # without static tables (types drawn per episode) there is no splash: the target only
     r = sim.substep(u, cmd, 1.0, BOUNDS)
     assert float(r.health[2]) == 35.0 and float(r.health[1]) == pytest.approx(35.0 - volley)
+
+
+def test_compiles_once_at_1024_envs():
+    """1,024 battles step under one compilation: the jitted step is traced once for every
+    call (auto-reset included), and battles end and restart within the run."""
+    env = envs_jax.make("starcraft_jax", map_name="3m", episode_limit=10)
+    traces = []
+
+    def step(keys, state, actions):
+        traces.append(1)  # runs only while tracing
+        return env.step_autoreset_batch(keys, state, actions)
+
+    step = jax.jit(step)
+    E = 1024
+    obs, s = env.reset_batch(jax.random.split(jax.random.PRNGKey(0), E))
+    from envs_jax.savethecity.policies import uniform_valid
+
+    done_total = 0
+    for t in range(12):
+        k = jax.random.PRNGKey(t)
+        obs, s, r, done, info = step(jax.random.split(k, E), s, uniform_valid(k, obs))
+        done_total += int(np.sum(np.asarray(done)))
+    assert len(traces) == 1
+    assert done_total >= E  # every battle ended at least once (limit 10) and restarted
+    assert int(np.max(np.asarray(s.t))) <= 10

@@ -18,15 +18,17 @@ TINY = [
     "target_update_interval=8", "test_interval=200", "test_episodes=4", "log_interval=1",
     "progress=false", "total_env_steps=300", "num_seeds=1",
 ]
-EXTRA = {
-    "alma": ["aql.n_proposals=4", "aql.max_bs=40", "alloc.embed_dim=16", "alloc.batch_size=6"],
-    "lica": ["lica.embed_dim=16", "lica.hyper_dim=16", "lica.hidden_dim=8", "lica.mix_dim=8",
-             "num_envs=4"],
-}
+_AQL = ["aql.n_proposals=4", "aql.max_bs=40", "alloc.embed_dim=16", "alloc.batch_size=6"]
+_LICA = ["lica.embed_dim=16", "lica.hyper_dim=16", "lica.hidden_dim=8", "lica.mix_dim=8",
+         "num_envs=4"]
+EXTRA = {"alma": _AQL, "lica": _LICA, "alma_lica": _AQL + _LICA}
 
 
-# allocating methods train on multiarmy_jax below (starcraft_jax has a single subtask)
-@pytest.mark.parametrize("alg", ["aqmix", "lica"])
+# In CI: the flat methods on starcraft_jax and the allocating ones on multiarmy_jax; the other
+# combinations (and refil, copa, alma_lica) run with `pytest -m slow`.
+@pytest.mark.parametrize("alg", ["aqmix", "lica", *(
+    pytest.param(a, marks=pytest.mark.slow) for a in ("heuristic", "alma", "refil", "copa",
+                                                      "alma_lica"))])
 def test_trains_on_starcraft_jax(tmp_path, alg):
     cfg = load_config([f"alg={alg}", *TINY, *EXTRA.get(alg, []), f"out_dir={tmp_path}"])
     out = train_mod.run(cfg)
@@ -40,7 +42,7 @@ def test_trains_on_starcraft_jax(tmp_path, alg):
         assert np.isfinite(evals[-1]["mean"][key]), key
     # SMAC's scaled reward: an episode earns at most reward_scale_rate = 20
     assert 0.0 <= evals[-1]["mean"]["eval/return_mean"] <= 20.0 + 1e-4
-    loss = "losses/critic_loss" if alg == "lica" else "losses/q_loss"
+    loss = "losses/critic_loss" if alg.endswith("lica") else "losses/q_loss"
     assert np.isfinite(chunks[-1]["mean"][loss]) and chunks[-1]["mean"][loss] != 0.0
     if alg == "aqmix":  # a flat method evaluates from its checkpoint, with a GIF of a battle
         from alma_jax.evaluate import evaluate
@@ -55,7 +57,9 @@ MULTIARMY = ["env=multiarmy_jax", "+env_args.episode_limit=20",
              "+env_args.team_sizes=[3,4]"]
 
 
-@pytest.mark.parametrize("alg", ["heuristic", "alma"])  # lica: on starcraft_jax above
+@pytest.mark.parametrize("alg", ["heuristic", "alma", *(
+    pytest.param(a, marks=pytest.mark.slow) for a in ("aqmix", "lica", "refil", "copa",
+                                                      "alma_lica"))])
 def test_trains_on_multiarmy_jax(tmp_path, alg):
     base = [o for o in TINY if not o.startswith(("env=", "env.", "+env_args"))]
     cfg = load_config([f"alg={alg}", *base, *MULTIARMY, *EXTRA.get(alg, []),
@@ -68,7 +72,8 @@ def test_trains_on_multiarmy_jax(tmp_path, alg):
     for key in ("eval/battle_won_mean", "eval/perc_armies_defeated_mean",
                 "eval/base_infiltrated_mean", "eval/return_mean"):
         assert np.isfinite(evals[-1]["mean"][key]), key
-    assert "eval_alloc/agents_per_used_subtask" in evals[-1]["mean"]
+    if alg in ("heuristic", "alma", "alma_lica"):  # the allocating methods
+        assert "eval_alloc/agents_per_used_subtask" in evals[-1]["mean"]
     chunks = [r for r in records if "learner_updates" in r["mean"]]
     if alg == "alma":
         assert np.isfinite(chunks[-1]["mean"]["losses/alloc_q_loss"])
