@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import fields, replace
 from typing import Any
 
@@ -38,6 +39,15 @@ def _savethecity(**kw: Any) -> Environment:
     return SaveTheCity(params)
 
 
+def _checked(name: str, cls: type, kwargs: dict[str, Any]) -> Environment:
+    """cls(**kwargs), naming the allowed options when one is unknown."""
+    allowed = sorted(inspect.signature(cls).parameters)
+    bad = sorted(set(kwargs) - set(allowed))
+    if bad:
+        raise ValueError(f"unknown {name} option(s) {bad}; allowed: {allowed}")
+    return cls(**kwargs)
+
+
 def make(name: str, **kwargs: Any) -> Environment:
     """Build an environment by name, e.g. `make("savethecity", scenario="2-5a_2-5b")`."""
     if name == "savethecity":
@@ -50,26 +60,10 @@ def make(name: str, **kwargs: Any) -> Environment:
                 "host_traffic_junction": bridge.make_traffic_junction,
                 "smac": bridge.make_smac_env,
                 "sc2multiarmy": bridge.make_sc2multiarmy_env}[name](**kwargs)
-    if name == "starcraft_jax":
-        import inspect
+    if name in ("starcraft_jax", "multiarmy_jax"):
+        from envs_jax.starcraft import MultiArmyJax, StarCraftJax
 
-        from envs_jax.starcraft import StarCraftJax
-
-        allowed = sorted(inspect.signature(StarCraftJax).parameters)
-        bad = sorted(set(kwargs) - set(allowed))
-        if bad:
-            raise ValueError(f"unknown starcraft_jax option(s) {bad}; allowed: {allowed}")
-        return StarCraftJax(**kwargs)
-    if name == "multiarmy_jax":
-        import inspect
-
-        from envs_jax.starcraft.multiarmy_env import MultiArmyJax
-
-        allowed = sorted(inspect.signature(MultiArmyJax).parameters)
-        bad = sorted(set(kwargs) - set(allowed))
-        if bad:
-            raise ValueError(f"unknown multiarmy_jax option(s) {bad}; allowed: {allowed}")
-        return MultiArmyJax(**kwargs)
+        return _checked(name, StarCraftJax if name == "starcraft_jax" else MultiArmyJax, kwargs)
     if name == "traffic_junction":
         from envs_jax.traffic_junction import TrafficJunction
 

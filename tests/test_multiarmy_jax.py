@@ -198,20 +198,7 @@ def test_allocation_matters_with_a_scripted_low_level():
 
 
 def test_batch_written_step_equals_vmapped_step():
+    from starcraft_helpers import assert_batch_step_equals_vmap
+
     env = envs_jax.make("multiarmy_jax", scenario="6-8MMM_maxsize4_maxarmies3_unitdisadvantage")
-    E = 16
-    obs, s_b = env.reset_batch(jax.random.split(jax.random.PRNGKey(5), E))
-    s_v = s_b
-    batch, vm = jax.jit(env.step_batch), jax.jit(jax.vmap(env.step_env))
-    for t in range(30):
-        k = jax.random.PRNGKey(200 + t)
-        acts = uniform_valid(k, obs)
-        keys = jax.random.split(k, E)
-        out_b, out_v = batch(keys, s_b, acts), vm(keys, s_v, acts)
-        for a, b in zip(jax.tree.leaves(out_b), jax.tree.leaves(out_v)):
-            a, b = np.asarray(a), np.asarray(b)
-            if np.issubdtype(a.dtype, np.floating):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-            else:
-                np.testing.assert_array_equal(a, b)
-        obs, s_b, s_v = out_b[0], out_b[1], out_v[1]
+    assert_batch_step_equals_vmap(env, 16, 30, 5)

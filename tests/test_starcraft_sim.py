@@ -285,28 +285,10 @@ def test_focus_fire_beats_spread_fire(map_name):
 
 @pytest.mark.parametrize("map_name", ["MMM2", "2s3z", "1c3s5z"])
 def test_batch_written_step_equals_vmapped_step(map_name):
-    """`step_batch` (battle axis last) is `vmap(step_env)`: the same battles for 40 steps of
-    random available actions (sums over units may round differently: floats to 1e-5)."""
-    from envs_jax.savethecity.policies import uniform_valid
+    """`step_batch` (battle axis last) is `vmap(step_env)` for 40 steps."""
+    from starcraft_helpers import assert_batch_step_equals_vmap
 
-    env = envs_jax.make("starcraft_jax", map_name=map_name)
-    E = 16
-    obs, s_b = env.reset_batch(jax.random.split(jax.random.PRNGKey(2), E))
-    s_v = s_b
-    batch, vm = jax.jit(env.step_batch), jax.jit(jax.vmap(env.step_env))
-    for t in range(40):
-        k = jax.random.PRNGKey(100 + t)
-        acts = uniform_valid(k, obs)
-        keys = jax.random.split(k, E)
-        out_b, out_v = batch(keys, s_b, acts), vm(keys, s_v, acts)
-        for a, b in zip(jax.tree.leaves(out_b), jax.tree.leaves(out_v)):
-            a, b = np.asarray(a), np.asarray(b)
-            if np.issubdtype(a.dtype, np.floating):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-            else:
-                np.testing.assert_array_equal(a, b)
-        obs, s_b, s_v = out_b[0], out_b[1], out_v[1]
-    assert int(np.sum(~np.asarray(s_b.units.alive))) > 0  # the battles did fight
+    assert_batch_step_equals_vmap(envs_jax.make("starcraft_jax", map_name=map_name), 16, 40, 2)
 
 
 def test_colossus_splash_hits_opponents_near_its_target_only():

@@ -6,6 +6,7 @@ data of `envs_jax.starcraft.units`. Unlike the bridge's `smac` env it needs no S
 """
 
 from envs_jax.starcraft.maps import MAPS, get_map
+from envs_jax.starcraft.multiarmy_env import ArmyState, MultiArmyJax
 from envs_jax.starcraft.smac_env import BattleState, StarCraftJax
 
-__all__ = ["MAPS", "BattleState", "StarCraftJax", "get_map"]
+__all__ = ["MAPS", "ArmyState", "BattleState", "MultiArmyJax", "StarCraftJax", "get_map"]

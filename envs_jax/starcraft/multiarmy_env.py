@@ -79,8 +79,7 @@ class MultiArmyJax(Environment):
         self.n_substeps, self.move_amount = int(n_substeps), float(move_amount)
         self.cooldown_jitter = bool(cooldown_jitter)
         self.bounds = (MAP_SIZE, MAP_SIZE)
-        n = f.n_entities  # battles per simulated chunk: about 124k unit pairs (see smac_env)
-        self.sim_chunk = int(np.clip(2 ** round(np.log2(1024 * 121 / (n * n))), 32, 1024))
+        self.sim_chunk = sim.default_chunk(f.n_entities)  # battles per simulated chunk
         self.size = np.array([MAP_SIZE, MAP_SIZE], np.float32)  # for the renderer
         self.pathing = np.ones((int(MAP_SIZE), int(MAP_SIZE)), bool)
 
@@ -262,9 +261,9 @@ class MultiArmyJax(Environment):
         move = (a >= 2) & (a <= 5)
         dirs = jnp.asarray([[0.0, 1.0], [0.0, -1.0], [1.0, 0.0], [-1.0, 0.0]])
         d = dirs[jnp.clip(a - 2, 0, 3)]
-        tag = a - J.R_N_NO_ATTACK
+        tag = a - J.N_NO_ATTACK
         slot = jnp.argmax(s.tags[None, :] == tag[:, None], axis=1).astype(jnp.int32)
-        attack = a >= J.R_N_NO_ATTACK
+        attack = a >= J.N_NO_ATTACK
         kind = jnp.where(move, sim.MOVE, jnp.where(attack, sim.ATTACK, sim.HOLD))
         point = u.pos[:MA] + self.move_amount * d
         # enemies: attacking armies attack-move to the centre, the others go (or stay) home
@@ -293,22 +292,9 @@ class MultiArmyJax(Environment):
         cmd = jax.vmap(self._commands)(state, actions, avail)
         noise = (jax.vmap(lambda k: sim.cooldown_noise(k, self.n_substeps, self.n_entities))(
             k_sim) if self.cooldown_jitter else None)
-
-        def simulate(units, cmd, noise):
-            tb = sim.batched_tables(units.utype, units.team)
-            noise = None if noise is None else jnp.moveaxis(noise, 0, -1)
-            after = sim.advance(sim.to_batch_last(units), sim.to_batch_last(cmd),
-                                self.n_substeps, self.bounds, noise, tb)
-            return sim.to_batch_first(after)
-
-        E, c = keys.shape[0], self.sim_chunk
-        if E > c and E % c == 0:
-            cut = lambda x: x.reshape((E // c, c) + x.shape[1:])  # noqa: E731
-            after = jax.lax.map(lambda a: simulate(*a),
-                                jax.tree.map(cut, (state.units, cmd, noise)))
-            after = jax.tree.map(lambda x: x.reshape((E,) + x.shape[2:]), after)
-        else:
-            after = simulate(state.units, cmd, noise)
+        # unit types change per episode: one unit table per battle (tb=None)
+        after = sim.advance_batch(state.units, cmd, self.n_substeps, self.bounds, noise, None,
+                                  self.sim_chunk)
         return jax.vmap(self._finish)(state, after, k_switch)
 
     def _finish(self, state: ArmyState, after: sim.Units, k_switch: jax.Array):

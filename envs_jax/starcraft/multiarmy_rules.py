@@ -13,7 +13,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from envs_jax.bridge.sc2multiarmy_rules import BASE_RADIUS, HEURISTIC_TOKENS
+from envs_jax.bridge.sc2multiarmy_rules import (  # noqa: F401 (parse_style re-exported)
+    ALLY_CODE,
+    BASE_RADIUS,
+    FAR,
+    MAX_SWITCH,
+    MIN_SWITCH,
+    N_NO_ATTACK,
+    parse_style,
+)
 
 CRITERIA = ("attacking", "type", "unassigned", "diff")
 _DIFF_SHIFT, _BASE = 16, 64  # `diff` in [-16, 48) packs into one base-64 digit
@@ -73,15 +81,6 @@ def army_damage_rewards(damage, died, army, valid, n_tasks: int, death_value: fl
     return jnp.sum(jnp.where(member, w[None, :], 0.0), axis=1)
 
 
-def parse_style(style: str) -> tuple[str, ...]:
-    tokens = tuple(style.split("-"))
-    bad = [t for t in tokens if t not in HEURISTIC_TOKENS]
-    if bad or not tokens:
-        raise ValueError(f"heuristic_style {style!r}: unknown criteria {bad}; use a dash-"
-                         f"separated list of {list(HEURISTIC_TOKENS)}")
-    return tokens
-
-
 def heuristic_allocation(style: tuple[str, ...], order, agent_types, agent_alive, agent_valid,
                          enemy_types, enemy_alive, enemy_valid, enemy_army, n_armies,
                          tasks_complete, attacking, n_types: int, n_tasks: int = 3
@@ -130,7 +129,6 @@ def heuristic_allocation(style: tuple[str, ...], order, agent_types, agent_alive
 
 
 # ------------------------------------------------------------------ geometry and masks (A.9)
-FAR = 1000.0  # distance of pairs with a dead or padded unit (never seen, never in range)
 
 
 def distance_matrix(x, y, alive, valid) -> jax.Array:
@@ -182,7 +180,7 @@ def avail_codes(dist, x, y, alive, valid, medivac, flying, tags, army, n_agents_
     inside = (cx >= 0) & (cx < mx) & (cy >= 0) & (cy < my)
     moves = inside & pathing[jnp.clip(cx, 0, mx - 1), jnp.clip(cy, 0, my - 1)]
     col = jnp.arange(n_actions)
-    onehot = (R_N_NO_ATTACK + tags)[:, None] == col[None, :]  # [E, n_actions]
+    onehot = (N_NO_ATTACK + tags)[:, None] == col[None, :]  # [E, n_actions]
     in_range = dist[:MA] <= shoot_range  # [MA, E]
     is_enemy = jnp.arange(dist.shape[0]) >= MA
     enemy_code = jnp.where(is_enemy, 2 + army_of_slot(army, MA, dist.shape[0]), 0)
@@ -195,7 +193,7 @@ def avail_codes(dist, x, y, alive, valid, medivac, flying, tags, army, n_agents_
     live = (alive & valid)[:MA]
     general = jnp.zeros((MA, n_actions), jnp.int32).at[:, 1].set(1)
     general = general.at[:, 2:6].set(moves.astype(jnp.int32))
-    codes = jnp.where(col[None, :] >= R_N_NO_ATTACK, targets, general)
+    codes = jnp.where(col[None, :] >= N_NO_ATTACK, targets, general)
     return jnp.where(live[:, None], codes, (col == 0)[None, :].astype(jnp.int32))
 
 
@@ -203,9 +201,6 @@ def army_of_slot(army, n_agents_max: int, n_slots: int) -> jax.Array:
     """Enemy army ids [ME] placed on the enemy slots of [E] (0 on agent slots)."""
     return jnp.concatenate([jnp.zeros(n_agents_max, army.dtype), army])[:n_slots]
 
-
-R_N_NO_ATTACK = 6
-ALLY_CODE = 1000
 
 
 def entity_features(x, y, alive, valid, kind, health, health_max, shield, shield_max, energy,
@@ -260,7 +255,6 @@ def entity_features(x, y, alive, valid, kind, health, health_max, shield, shield
 
 
 # ------------------------------------------------------------------- the army script (A.4)
-MIN_SWITCH, MAX_SWITCH = 10, 20
 
 
 def army_script_reset(first_countdown, n_armies) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -157,12 +157,6 @@ def distances(pos: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(d * d, -1))
 
 
-def can_hit(units: Units) -> jax.Array:
-    """[U, U] bool: row's weapon can attack column (opponent, alive, ground/air matches)."""
-    tb = tables(units.utype, units.team)
-    return tb.can_act & ~tb.healer[:, None] & units.alive[None, :] & units.alive[:, None]
-
-
 def _toward(pos: jax.Array, goal: jax.Array, step: jax.Array, stop_at: jax.Array) -> jax.Array:
     """Move pos [U, 2, *B] toward goal by at most step [U, *B], ending no closer than
     stop_at."""
@@ -304,6 +298,34 @@ def advance(units: Units, cmd: Commands, n_substeps: int, bounds: tuple[float, f
                                  lambda _, u: substep(u, cmd, loops, bounds, None, tb), units)
     return jax.lax.fori_loop(0, n_substeps,
                              lambda i, u: substep(u, cmd, loops, bounds, noise[i], tb), units)
+
+
+def default_chunk(n_units: int) -> int:
+    """Battles simulated together by `advance_batch`: about 124k unit pairs per chunk (1,024
+    battles of 11 units), which kept the sub-steps' [U, U, chunk] arrays in cache on the
+    2-core EPYC (5m_vs_6m best at 1,024, MMM2 at 256 or less; 3m at 4,096 envs ran 670k
+    env steps/s unchunked against 980k in chunks of 1,024)."""
+    return int(np.clip(2 ** round(np.log2(1024 * 121 / (n_units * n_units))), 32, 1024))
+
+
+def advance_batch(units: Units, cmd: Commands, n_substeps: int, bounds: tuple[float, float],
+                  noise: jax.Array | None, tb: Tables | None, chunk: int) -> Units:
+    """`advance` of E battles given battle-first ([E, ...], as vmapped code holds them),
+    simulated battle-axis last in chunks of `chunk` battles. `noise` [E, n_substeps, U];
+    `tb`: one battle's static `Tables` shared by all, or None for per-battle tables."""
+
+    def simulate(units, cmd, noise):
+        t = batched_tables(units.utype, units.team) if tb is None else tb
+        noise = None if noise is None else jnp.moveaxis(noise, 0, -1)
+        after = advance(to_batch_last(units), to_batch_last(cmd), n_substeps, bounds, noise, t)
+        return to_batch_first(after)
+
+    E = units.health.shape[0]
+    if not (chunk and E > chunk and E % chunk == 0):
+        return simulate(units, cmd, noise)
+    cut = lambda x: x.reshape((E // chunk, chunk) + x.shape[1:])  # noqa: E731
+    after = jax.lax.map(lambda a: simulate(*a), jax.tree.map(cut, (units, cmd, noise)))
+    return jax.tree.map(lambda x: x.reshape((E,) + x.shape[2:]), after)
 
 
 def batched_tables(utype: jax.Array, team: jax.Array) -> Tables:

@@ -67,13 +67,8 @@ class StarCraftJax(Environment):
         m = self.map
         self.n_agents, self.n_enemies = m.n_agents, m.n_enemies
         self.n_entities = self.n_agents + self.n_enemies
-        # Battles simulated together in `step_batch`: by default about 124k unit pairs per
-        # chunk (1,024 battles of 11 units), which kept the sub-steps' [U, U, chunk] arrays in
-        # cache on the 2-core EPYC (5m_vs_6m best at 1,024, MMM2 at 256 or less; 3m at 4,096
-        # envs ran 670k unchunked against 980k in chunks of 1,024).
-        n = self.n_entities
         self.sim_chunk = (int(sim_chunk) if sim_chunk is not None else
-                          int(np.clip(2 ** round(np.log2(1024 * 121 / (n * n))), 32, 1024)))
+                          sim.default_chunk(self.n_entities))  # battles per simulated chunk
         self.n_tasks = 1
         self.n_actions = N_NO_ATTACK + self.n_enemies
         self.episode_limit = int(episode_limit or m.limit)
@@ -175,23 +170,8 @@ class StarCraftJax(Environment):
         on battle-axis-last arrays (`sim.to_batch_last`), the rest is vmapped."""
         cmd = jax.vmap(self._commands)(state, actions)
         noise = jax.vmap(self._noise)(keys) if self.cooldown_jitter else None  # [E, S, U]
-
-        def simulate(units, cmd, noise):  # battle-first in and out
-            noise = None if noise is None else jnp.moveaxis(noise, 0, -1)
-            after = sim.advance(sim.to_batch_last(units), sim.to_batch_last(cmd),
-                                self.n_substeps, self.bounds, noise, self.tables)
-            return sim.to_batch_first(after)
-
-        E = keys.shape[0]
-        c = self.sim_chunk
-        if c and E > c and E % c == 0:
-            # chunks of battles one after another keep the sub-steps' arrays in cache
-            split = lambda x: x.reshape((E // c, c) + x.shape[1:])  # noqa: E731
-            after = jax.lax.map(lambda a: simulate(*a),
-                                jax.tree.map(split, (state.units, cmd, noise)))
-            after = jax.tree.map(lambda x: x.reshape((E,) + x.shape[2:]), after)
-        else:
-            after = simulate(state.units, cmd, noise)
+        after = sim.advance_batch(state.units, cmd, self.n_substeps, self.bounds, noise,
+                                  self.tables, self.sim_chunk)
         return jax.vmap(self._finish)(state, after)
 
     def _finish(self, state: BattleState, after: sim.Units):
