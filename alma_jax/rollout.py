@@ -123,8 +123,9 @@ def make_rollout(
                 actions, act_carry = act_fn(params, k_act, obs_row, carry["last_action"], alloc,
                                             eps, carry["act"], decision)
             actions = jnp.where(running[:, None], actions, 0).astype(jnp.int32)
+            # the observation's availability is the state's: the env need not recompute it
             obs2, state2, reward, done, info = step(
-                jax.random.split(k_env, E), carry["state"], actions
+                jax.random.split(k_env, E), carry["state"], actions, obs.avail_actions
             )
             done = done & running
             reward = jnp.where(running, reward, 0.0)

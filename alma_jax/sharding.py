@@ -238,9 +238,10 @@ class ShardedEnv:
     def reset_batch(self, keys: jax.Array) -> Any:
         return self._constrain(self._env.reset_batch(self._constrain(keys)))
 
-    def step_batch(self, keys: jax.Array, state: Any, actions: jax.Array) -> Any:
-        keys, state, actions = self._constrain((keys, state, actions))
-        return self._constrain(self._env.step_batch(keys, state, actions))
+    def step_batch(self, keys: jax.Array, state: Any, actions: jax.Array,
+                   avail: jax.Array | None = None) -> Any:
+        keys, state, actions, avail = self._constrain((keys, state, actions, avail))
+        return self._constrain(self._env.step_batch(keys, state, actions, avail))
 
 
 def fetch(x: Any) -> np.ndarray:

@@ -53,12 +53,14 @@ def make_loop(env, num_envs: int, num_steps: int, mode: str = "autoreset_termina
     if stepper not in STEPPERS:
         raise ValueError(f"stepper must be one of {STEPPERS}, got {stepper!r}")
     if mode == "trainer":
-        def step(keys, state, actions):
-            return env.step_batch(keys, state, actions)
+        def step(keys, state, actions, avail):
+            return env.step_batch(keys, state, actions, avail)
     elif stepper == "batch":
-        step = env.step_autoreset_batch
+        def step(keys, state, actions, avail):
+            return env.step_autoreset_batch(keys, state, actions, avail=avail)
     else:
-        step = jax.vmap(env.step)
+        def step(keys, state, actions, avail):
+            return jax.vmap(env.step)(keys, state, actions)
 
     def body(carry, _):
         key, obs, state, acc = carry
@@ -67,7 +69,8 @@ def make_loop(env, num_envs: int, num_steps: int, mode: str = "autoreset_termina
             actions = jnp.zeros((num_envs, env.n_agents), jnp.int32)
         else:
             actions = policy(ka, obs)  # batched: one key for all environments
-        obs, state, reward, done, info = step(jax.random.split(ks, num_envs), state, actions)
+        obs, state, reward, done, info = step(jax.random.split(ks, num_envs), state, actions,
+                                              obs.avail_actions)
         acc = acc + jnp.sum(reward) + jnp.sum(done)
         if consume_obs:
             acc = acc + obs_checksum(obs)

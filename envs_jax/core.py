@@ -71,16 +71,21 @@ class Environment:
         """Reset E environments: keys [E, 2] -> (obs [E, ...], state [E, ...])."""
         return jax.vmap(self.reset)(keys)
 
-    def step_batch(self, keys: jax.Array, state: Any, actions: jax.Array):
+    def step_batch(self, keys: jax.Array, state: Any, actions: jax.Array,
+                   avail: jax.Array | None = None):
         """Step E environments without auto-reset: (obs, state, reward [E], done [E], info).
 
         Callers keep stepping an environment after its `done` (with arbitrary actions) and
-        discard the results, so an implementation must tolerate that.
+        discard the results, so an implementation must tolerate that. `avail`, when given,
+        is the `avail_actions` of the observation of `state` (what the caller acted on): an
+        env may use it instead of recomputing availability (SaveTheCity does); the outputs
+        must not depend on whether it is given.
         """
+        del avail
         return jax.vmap(self.step_env)(keys, state, actions)
 
     def step_autoreset_batch(self, keys: jax.Array, state: Any, actions: jax.Array,
-                             max_resets: int | None = None):
+                             max_resets: int | None = None, avail: jax.Array | None = None):
         """`jax.vmap(self.step)` (auto-reset) for E environments, resetting only the done ones.
 
         The same outputs, bit for bit, as the vmapped `step`, which draws a full reset for
@@ -100,7 +105,8 @@ class Environment:
             return jax.vmap(self.step)(keys, state, actions)
         split = jax.vmap(jax.random.split)(keys)  # the per-env split of `step`
         key_step, key_reset = split[:, 0], split[:, 1]
-        obs_end, state_end, reward, done, info = self.step_batch(key_step, state, actions)
+        obs_end, state_end, reward, done, info = self.step_batch(key_step, state, actions,
+                                                                 avail)
 
         def some(_):
             idx = jnp.nonzero(done, size=k, fill_value=n)[0]  # n = "no slot": dropped below

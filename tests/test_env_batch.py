@@ -28,9 +28,11 @@ def _same(a, b) -> list[str]:
 
 def _compare_random_episodes(env, n: int, max_resets, steps: int) -> set[str]:
     """Step `n` envs with random valid actions through both steppers for `steps` steps,
-    asserting identical outputs; returns which branches ran ("some": compacted, "every")."""
+    asserting identical outputs; returns which branches ran ("some": compacted, "every").
+    The batched step is given the observation's availability, as the trainer gives it."""
     vm = jax.jit(jax.vmap(env.step))
-    batch = jax.jit(lambda k, s, a: env.step_autoreset_batch(k, s, a, max_resets=max_resets))
+    batch = jax.jit(lambda k, s, a, v: env.step_autoreset_batch(k, s, a, max_resets=max_resets,
+                                                                avail=v))
     k = max(1, n // 32) if max_resets is None else max_resets
     obs, state = jax.jit(env.reset_batch)(jax.random.split(jax.random.key(3), n))
     key = jax.random.key(4)
@@ -40,7 +42,7 @@ def _compare_random_episodes(env, n: int, max_resets, steps: int) -> set[str]:
         actions = uniform_valid(ka, obs)
         keys = jax.random.split(ks, n)
         ref = vm(keys, state, actions)
-        out = batch(keys, state, actions)
+        out = batch(keys, state, actions, obs.avail_actions)
         assert _same(ref, out) == []
         n_done = int(ref[3].sum())
         if n_done:
@@ -95,7 +97,8 @@ def _fns():
     if _ENV is None:
         env = envs_jax.make("savethecity")
         _ENV = (env, jax.jit(env.reset_batch), jax.jit(jax.vmap(env.step)),
-                jax.jit(lambda k, s, a: env.step_autoreset_batch(k, s, a, max_resets=2)))
+                jax.jit(lambda k, s, a, v: env.step_autoreset_batch(k, s, a, max_resets=2,
+                                                                    avail=v)))
     return _ENV
 
 
@@ -104,7 +107,8 @@ def _fns():
 def test_step_autoreset_batch_on_random_states(seed, late):
     """Random health, fire, timers and clocks (a share `late` of the envs one step from the
     time limit, so both the compacted and the reset-all branch occur) and random actions,
-    including unavailable ones: every output leaf is identical to the vmapped step's."""
+    including unavailable ones: every output leaf is identical to the vmapped step's, with
+    the batched step reading availability from the observation of the state (issue 19)."""
     env, reset, vm, batch = _fns()
     rng = np.random.default_rng(seed)
     _, state = reset(jax.random.split(jax.random.key(seed % 1000), _N))
@@ -122,4 +126,5 @@ def test_step_autoreset_batch_on_random_states(seed, late):
     )
     actions = jnp.asarray(rng.integers(0, env.n_actions, (_N, env.n_agents)), jnp.int32)
     keys = jax.random.split(jax.random.key(seed), _N)
-    assert _same(vm(keys, state, actions), batch(keys, state, actions)) == []
+    avail = jax.vmap(env.get_obs)(state).avail_actions
+    assert _same(vm(keys, state, actions), batch(keys, state, actions, avail)) == []

@@ -188,7 +188,8 @@ class BridgeEnv(Environment):
         obs, state, _, _, _ = self._unpack(self._reset_call(words))
         return obs, state
 
-    def step_batch(self, keys: jax.Array, state: BridgeState, actions: jax.Array):
+    def step_batch(self, keys: jax.Array, state: BridgeState, actions: jax.Array,
+                   avail=None):
         """Step the E host envs of the last reset (keys unused: host envs own their RNG).
 
         Returns (obs, state, reward [E] f32, done [E] bool, info); finished envs idle.

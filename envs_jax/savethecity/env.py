@@ -325,28 +325,38 @@ class SaveTheCity(Environment):
         return jnp.concatenate([stay, move_ok.astype(jnp.int32), interact], -1)
 
     # -------------------------------------------------------------- step (section 6)
-    def step_env(self, key: jax.Array, state: EnvState, actions: jax.Array):
-        """One transition without auto-reset; the only randomness is the collision coins."""
+    def step_env(self, key: jax.Array, state: EnvState, actions: jax.Array, avail=None):
+        """One transition without auto-reset; the only randomness is the collision coins.
+        `avail`: optionally the coded availability of `state` (its observation's), which
+        then is not recomputed."""
         words = hash_bits(key, max(1, -(-self.n_pairs // 32)))
         bit = jnp.arange(max(self.n_pairs, 1))
         coins = ((words[bit // 32] >> (bit % 32).astype(jnp.uint32)) & 1).astype(bool)
-        return self.transition(state, actions, coins)
+        return self.transition(state, actions, coins, avail)
 
-    def transition(self, state: EnvState, actions: jax.Array, coins: jax.Array):
+    def step_batch(self, keys: jax.Array, state: EnvState, actions: jax.Array, avail=None):
+        if avail is None:
+            return jax.vmap(self.step_env)(keys, state, actions)
+        return jax.vmap(self.step_env)(keys, state, actions, avail)
+
+    def transition(self, state: EnvState, actions: jax.Array, coins: jax.Array, avail=None):
         """Deterministic step given per-pair collision coins, in the order (0,1),(0,2),..,(1,2),...
 
         `coins[p]` True sends the higher slot of colliding pair p back, False the lower one.
-        Returns (obs, state, reward, done, info).
+        `avail` as in `step_env`. Returns (obs, state, reward, done, info).
         """
         g, rw = self.params.game, self.params.reward
         fdt = _float()
-        near, adjacent = self._neighbourhood(state)
-        avail = self.avail_actions(state, (near, adjacent))
+        if avail is None:
+            avail = self.avail_actions(state)
         actions = jnp.asarray(actions, jnp.int32)
         chosen = _lookup(avail, actions, axis=1)  # 0 for out-of-range actions
         ok = chosen >= 1
         invalid = state.agent_valid & ~ok
         actions = jnp.where(ok & state.agent_valid, actions, STAY)
+        # An available interaction's code is 2 + the unique 4-adjacent building (5.2), so
+        # the codes alone say which building each interacting agent acts on.
+        adjacent = jnp.arange(self.n_buildings)[None, :] == (chosen - 2)[:, None]  # [A, B]
 
         # Moves: destination was checked against start-of-step occupancy (11.1).
         prev_pos = state.agent_pos

@@ -283,7 +283,8 @@ class MultiArmyJax(Environment):
                             self.n_substeps, self.bounds, noise)
         return self._finish(state, after, k_switch)
 
-    def step_batch(self, keys: jax.Array, state: ArmyState, actions: jax.Array):
+    def step_batch(self, keys: jax.Array, state: ArmyState, actions: jax.Array,
+                   avail=None):
         """`jax.vmap(step_env)` with the sub-steps on battle-axis-last arrays (per-battle
         unit tables, `sim.batched_tables`), in chunks of `sim_chunk` battles."""
         split = jax.vmap(jax.random.split)(keys)

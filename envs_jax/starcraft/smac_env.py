@@ -165,7 +165,8 @@ class StarCraftJax(Environment):
                             self.bounds, self._noise(key), self.tables)
         return self._finish(state, after)
 
-    def step_batch(self, keys: jax.Array, state: BattleState, actions: jax.Array):
+    def step_batch(self, keys: jax.Array, state: BattleState, actions: jax.Array,
+                   avail=None):
         """`jax.vmap(step_env)` with the simulation written for the batch: the sub-steps run
         on battle-axis-last arrays (`sim.to_batch_last`), the rest is vmapped."""
         cmd = jax.vmap(self._commands)(state, actions)
