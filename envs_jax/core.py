@@ -67,9 +67,19 @@ class Environment:
     # ------------------------------------------------------------------ batched interface
     # The trainer only ever calls these two. A pure-JAX env inherits the vmapped defaults; a
     # host-side env behind a callback (envs_jax.bridge) overrides them with one batched call.
+    # True when `get_obs(state, avail)` accepts the state's availability instead of
+    # recomputing it (SaveTheCity): `step_autoreset_batch` then passes it on.
+    obs_from_avail: bool = False
+
     def reset_batch(self, keys: jax.Array) -> tuple[Observation, Any]:
         """Reset E environments: keys [E, 2] -> (obs [E, ...], state [E, ...])."""
         return jax.vmap(self.reset)(keys)
+
+    def get_obs_batch(self, state: Any, avail: jax.Array | None = None) -> Observation:
+        """The observations of E states [E, ...] (`avail`: see `obs_from_avail`)."""
+        if avail is None:
+            return jax.vmap(self.get_obs)(state)
+        return jax.vmap(self.get_obs)(state, avail)
 
     def step_batch(self, keys: jax.Array, state: Any, actions: jax.Array,
                    avail: jax.Array | None = None):
@@ -108,18 +118,29 @@ class Environment:
         obs_end, state_end, reward, done, info = self.step_batch(key_step, state, actions,
                                                                  avail)
 
+        # An env that can build its observation from a given availability gets the stepped
+        # one's, merged with the fresh episodes' like the state, instead of recomputing it.
+        merge = self.obs_from_avail
+
+        def ended():
+            return (state_end, obs_end.avail_actions) if merge else state_end
+
+        def started(obs_fresh, fresh):
+            return (fresh, obs_fresh.avail_actions) if merge else fresh
+
         def some(_):
             idx = jnp.nonzero(done, size=k, fill_value=n)[0]  # n = "no slot": dropped below
-            _, fresh = self.reset_batch(key_reset[jnp.minimum(idx, n - 1)])
+            new = started(*self.reset_batch(key_reset[jnp.minimum(idx, n - 1)]))
             return jax.tree.map(lambda old, new: old.at[idx].set(new, mode="drop"),
-                                state_end, fresh)
+                                ended(), new)
 
         def every(_):
-            _, fresh = self.reset_batch(key_reset)
-            return jax.vmap(select_tree)(done, fresh, state_end)
+            new = started(*self.reset_batch(key_reset))
+            return jax.vmap(select_tree)(done, new, ended())
 
-        state = jax.lax.cond(jnp.sum(done) <= k, some, every, None)
-        obs = jax.vmap(self.get_obs)(state)
+        out = jax.lax.cond(jnp.sum(done) <= k, some, every, None)
+        obs = self.get_obs_batch(*out) if merge else self.get_obs_batch(out)
+        state = out[0] if merge else out
         return obs, state, reward, done, dict(info, terminal_obs=obs_end)
 
     def step(self, key: jax.Array, state: Any, actions: jax.Array):

@@ -494,11 +494,15 @@ class SaveTheCity(Environment):
         return obs, new_state, (reward * self.reward_norm).astype(fdt), done, info
 
     # ------------------------------------------------------- observation (section 7)
-    def get_obs(self, state: EnvState) -> Observation:
-        """Entities, coded available actions and masks of `state`."""
+    obs_from_avail = True
+
+    def get_obs(self, state: EnvState, avail: jax.Array | None = None) -> Observation:
+        """Entities, coded available actions and masks of `state`; `avail`, when given, is
+        `state`'s coded availability (not recomputed)."""
         A, B = self.n_agents, self.n_buildings
         fdt = _float()
-        avail = self.avail_actions(state)
+        if avail is None:
+            avail = self.avail_actions(state)
         col = jnp.arange(ENTITY_DIM)
 
         def rows(pos, etype, valid, tail, tail_start):
