@@ -13,6 +13,9 @@ keys:
   prop_eps      with a learned allocator: probability of acting on its first sampled proposal
                 instead of the critic's best (default 0; 1 = the proposal network alone, a
                 diagnostic of what the critic's choice adds)
+  keep_open     with a learned allocator, a diagnostic: true keeps each agent on its previous
+                subtask while that subtask is open, so the allocator only places agents that
+                have none (default false, ALMA's policy)
   out           also write the printed JSON to this file
   episodes      test episodes per seed (default: the run's test_episodes; rounded up to a
                 multiple of num_envs)
@@ -44,6 +47,7 @@ from alma_jax.trainer import TrainFns, make_train
 DEFAULTS: dict[str, Any] = {
     "out_dir": None, "episodes": None, "gif": None, "gif_episodes": 2, "seed": 0, "cell": 24,
     "fps": 4.0, "high_from": None, "high": None, "out": None, "prop_eps": 0.0,
+    "keep_open": False,
 }
 HIGH_CHOICES = {"heuristic": "heuristic", "random": "random_alloc"}  # high= -> its alg
 
@@ -70,6 +74,10 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
                 opts[key] = typ(opts[key])
             except ValueError:
                 raise ConfigError(f"{key} must be a number, got {opts[key]!r}") from None
+    if isinstance(opts["keep_open"], str):
+        if opts["keep_open"].lower() not in ("true", "false"):
+            raise ConfigError(f"keep_open must be true or false, got {opts['keep_open']!r}")
+        opts["keep_open"] = opts["keep_open"].lower() == "true"
     return opts
 
 
@@ -225,7 +233,7 @@ def wilson_ci(successes: float, n: int, z: float = 1.959964) -> tuple[float, flo
 def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None = None,
              gif_episodes: int = 2, seed: int = 0, cell: int = 24, fps: float = 4.0,
              high_from: str | None = None, high: str | None = None, out: str | None = None,
-             prop_eps: float = 0.0) -> dict[str, Any]:
+             prop_eps: float = 0.0, keep_open: bool = False) -> dict[str, Any]:
     """Evaluate the learners of a run directory or export; returns the printed summary."""
     out_dir = Path(out_dir)
     cfg, fns, saved, policy = load_run(out_dir, episodes, high_from, high)
@@ -234,6 +242,11 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
             raise ConfigError(f"prop_eps={prop_eps} needs a learned allocator (alg={cfg.alg})")
         low_params, a = policy
         policy = (low_params, a.replace(eps_prop=jnp.full_like(a.eps_prop, prop_eps)))
+    if keep_open:
+        if fns.high_learner is None:
+            raise ConfigError(f"keep_open=true needs a learned allocator (alg={cfg.alg})")
+        low_params, a = policy
+        policy = (low_params, a.replace(keep_open=jnp.ones_like(a.keep_open)))
     keys = jax.random.split(jax.random.PRNGKey(seed), cfg.num_seeds)
     metrics = jax.device_get(jax.jit(jax.vmap(fns.evaluate_policy))(policy, keys))
     per_seed = {k: np.atleast_1d(v).astype(float).tolist() for k, v in sorted(metrics.items())}
@@ -242,7 +255,8 @@ def evaluate(out_dir: str | Path, episodes: int | None = None, gif: str | None =
         "out_dir": str(out_dir), "alg": cfg.alg, "t_env": np.asarray(saved["t_env"]).tolist(),
         "allocation": (f"learned, from {high_from}" if high_from is not None else
                        high if high is not None else str(cfg.allocation))
-        + (f" (first proposal with probability {prop_eps})" if prop_eps else ""),
+        + (f" (first proposal with probability {prop_eps})" if prop_eps else "")
+        + (" (agents kept on their open subtasks)" if keep_open else ""),
         "episodes_per_seed": n_per_seed,
         "mean": {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                  for k, v in per_seed.items()},

@@ -17,8 +17,11 @@ frozen. Every arm below runs the SAME low-level parameters (greedy), only the al
     python benchmarks/alma_claim.py --low benchmarks/results/alma_claim/low_heuristic.npz \
         --alloc runs/alma_claim_alloc --episodes 512
 
-A fourth, diagnostic arm runs the learned allocator's proposal network alone (its first
-sampled proposal, no critic choice: `evaluate ... prop_eps=1`).
+Two diagnostic arms: the learned allocator's proposal network alone (its first sampled
+proposal, no critic choice: `evaluate ... prop_eps=1`), and the learned allocator with every
+agent kept on its previous subtask while that subtask is open (`evaluate ... keep_open=true`:
+the heuristic's stability, the learned choice only for agents without an open subtask; not
+ALMA). `--arms kept` runs only the named arms and merges them into an existing claim.json.
 
 Writes `<out>/claim.json` ({"heuristic"|"learned"|"random"|"proposals": {"solved", "ci95",
 "episodes", "buildings_completed", "return", ...}, "commands", "machine"}), `<out>/claim.png`
@@ -42,7 +45,9 @@ from learning_curve import RANDOM_POLICY, read_curve  # noqa: E402
 
 from alma_jax.evaluate import evaluate  # noqa: E402
 
-ARMS = ("heuristic", "learned", "random", "proposals")
+ARMS = ("heuristic", "learned", "random", "proposals", "kept")
+LABELS = {"heuristic": "heuristic", "learned": "learned\n(ALMA)", "random": "random",
+          "proposals": "learned,\nproposals only", "kept": "learned,\nagents kept"}
 ALLOC_KEYS = ("eval_alloc/agents_per_used_subtask", "eval_alloc/open_subtasks_without_agents",
               "eval_alloc/agents_switching")
 
@@ -93,9 +98,10 @@ def plot(out: Path, result: dict, curve: dict | None) -> None:
     n = len(panels) + (curve is not None)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8))
     colors = {"heuristic": "tab:blue", "learned": "tab:red", "random": "tab:grey",
-              "proposals": "tab:orange"}
+              "proposals": "tab:orange", "kept": "tab:purple"}
+    arms = [arm for arm in ARMS if arm in result]
     for ax, (key, ci, title) in zip(axes, panels):
-        for i, arm in enumerate(ARMS):
+        for i, arm in enumerate(arms):
             r = result[arm]
             err = None
             if ci is not None:
@@ -104,8 +110,7 @@ def plot(out: Path, result: dict, curve: dict | None) -> None:
             seeds = r[{"solved": "solved_per_seed", "return": "return_per_seed"}.get(
                 key, "buildings_completed_per_seed")]
             ax.plot([i] * len(seeds), seeds, "k.", ms=5)
-        ax.set_xticks(range(len(ARMS)), ["heuristic", "learned\n(ALMA)", "random",
-                                         "learned,\nproposals only"], fontsize=8)
+        ax.set_xticks(range(len(arms)), [LABELS[arm] for arm in arms], fontsize=8)
         ax.set_title(f"{title}\n(same frozen low level; dots = seeds)", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     if curve is not None:
@@ -137,31 +142,46 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/alma_claim")
     ap.add_argument("--commands", nargs="*", default=[],
                     help="commands that made the inputs, one quoted string each")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
+                    help="arms to run; a subset is merged into <out>/claim.json")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = {"episodes": args.episodes, "gif": "none", "seed": 12345}
-    summaries = {
-        "heuristic": evaluate(args.low, high="heuristic", **common),
-        "learned": evaluate(args.low, high_from=args.alloc, **common),
-        "random": evaluate(args.low, high="random", **common),
-        # diagnostic: the learned allocator's proposal network alone (no critic choice)
-        "proposals": evaluate(args.low, high_from=args.alloc, prop_eps=1.0, **common),
+    runs = {
+        "heuristic": lambda: evaluate(args.low, high="heuristic", **common),
+        "learned": lambda: evaluate(args.low, high_from=args.alloc, **common),
+        "random": lambda: evaluate(args.low, high="random", **common),
+        # diagnostics: the proposal network alone (no critic choice); agents kept on their
+        # open subtasks (does the learned allocator's switching cost the low level?)
+        "proposals": lambda: evaluate(args.low, high_from=args.alloc, prop_eps=1.0, **common),
+        "kept": lambda: evaluate(args.low, high_from=args.alloc, keep_open=True, **common),
     }
-    result = {arm: arm_summary(s) for arm, s in summaries.items()}
+    result, old = {}, {}
+    if set(args.arms) != set(ARMS) and (out / "claim.json").exists():
+        old = json.loads((out / "claim.json").read_text())
+        result = {arm: old[arm] for arm in ARMS if arm in old}
+    result.update({arm: arm_summary(runs[arm]()) for arm in args.arms})
+    missing = {"heuristic", "learned"} - set(result)
+    if missing:
+        raise SystemExit(f"alma_claim: no {sorted(missing)} arm in {out / 'claim.json'}; "
+                         "run them too (--arms)")
     h, lrn = result["heuristic"], result["learned"]
     result["learned_ci_wholly_above_heuristic"] = bool(lrn["ci95"][0] > h["ci95"][1])
     # this invocation without --commands (whose text is already listed before it)
     me = ["python", "benchmarks/alma_claim.py", "--low", args.low, "--alloc", args.alloc,
           "--episodes", str(args.episodes), "--out", args.out]
-    result["commands"] = args.commands + [" ".join(me)]
+    if set(args.arms) != set(ARMS):
+        me += ["--arms", *args.arms]
+    earlier = [c for c in old.get("commands", []) if c not in args.commands]
+    result["commands"] = earlier + args.commands + [" ".join(me)]
     result["machine"] = machine_info()
     curve = alloc_curve(Path(args.alloc), out) if not args.alloc.endswith(".npz") else None
     (out / "claim.json").write_text(json.dumps(result, indent=1))
     plot(out, result, curve)
     print(json.dumps({arm: {k: result[arm][k] for k in ("solved", "ci95", "episodes",
                                                         "buildings_completed", "return")}
-                      for arm in ARMS}, indent=1))
+                      for arm in ARMS if arm in result}, indent=1))
 
 
 if __name__ == "__main__":

@@ -341,6 +341,24 @@ def test_decide_exploration():
     assert (alloc[:, 1].argmax(-1) != alloc[:, 0].argmax(-1)).mean() > 0.5
 
 
+def test_keep_open_keeps_agents_on_open_subtasks_only():
+    """The evaluation diagnostic keep_open: agents whose previous subtask is open keep it;
+    the others (previous subtask finished, or none) get exactly the learned choice."""
+    _, _, _, states, _ = setup()
+    state = seed(states, 0)
+    obs, _ = acting_obs()  # subtask 2 finished, agent 4 padded
+    prev = jnp.zeros((NA, NT), bool).at[jnp.array([0, 1, 2]), jnp.array([0, 2, 3])].set(True)
+    keys = jax.random.split(jax.random.key(3), N_KEYS)
+    params = LEARNER.alloc_params(state, 0.0, 0.0)
+    free, _ = choose_many()(params, keys, obs, prev)
+    kept, _ = choose_many()(params.replace(keep_open=jnp.float32(1.0)), keys, obs, prev)
+    free, kept = np.asarray(free), np.asarray(kept)
+    np.testing.assert_array_equal(kept[:, [0, 2]], np.broadcast_to(np.asarray(prev)[[0, 2]],
+                                                                   kept[:, [0, 2]].shape))
+    np.testing.assert_array_equal(kept[:, [1, 3, 4]], free[:, [1, 3, 4]])
+    assert (free[:, [0, 2]] != np.asarray(prev)[[0, 2]]).any()  # the choice would move them
+
+
 def test_greedy_candidate_is_appended_with_zero_noise():
     learner = AQLLearner(AQLConfig(NA, NT, ED, n_proposals=4, include_greedy_proposal=True))
     g = learner._candidates((3,), jax.random.key(0))

@@ -124,6 +124,10 @@ class AllocParams:
     critic: Any
     eps_alloc: jax.Array
     eps_prop: jax.Array
+    # Evaluation diagnostic (not ALMA): 1 keeps every agent whose previous subtask is still
+    # open on it, so only agents without an open subtask are (re)allocated: the heuristic's
+    # stability with the learned choice for the rest. 0 (default) is the paper's policy.
+    keep_open: jax.Array | float = 0.0
 
 
 @struct.dataclass
@@ -215,7 +219,7 @@ class AQLLearner:
                      eps_prop: jax.Array | float) -> AllocParams:
         """Acting parameters; eps_alloc = eps_prop = 0 is test mode (spec 3.6 step 4)."""
         return AllocParams(state.pi, state.critic, jnp.asarray(eps_alloc, jnp.float32),
-                           jnp.asarray(eps_prop, jnp.float32))
+                           jnp.asarray(eps_prop, jnp.float32), jnp.zeros((), jnp.float32))
 
     # ---------------------------------------------------------------------- networks
     def draw_perm(self, key: jax.Array) -> jax.Array:
@@ -273,8 +277,11 @@ class AQLLearner:
         rand = random_allocation(None, k_rand, obs, prev_alloc)
         replace = jax.random.uniform(k_agent, (na,)) < params.eps_alloc
         alloc = jnp.where(replace[:, None], rand, alloc)
+        open_task = ~obs.task_mask.astype(bool)[None, :]
+        keep = (params.keep_open > 0) & jnp.any(prev_alloc.astype(bool) & open_task, 1)
+        alloc = jnp.where(keep[:, None], prev_alloc.astype(bool), alloc)
         active = ~obs.entity_mask[:na].astype(bool)
-        return alloc & active[:, None] & ~obs.task_mask.astype(bool)[None, :], props
+        return alloc & active[:, None] & open_task, props
 
     def decide(self, params: AllocParams, key: jax.Array, obs: Observation,
                prev_alloc: jax.Array) -> jax.Array:
