@@ -176,7 +176,8 @@ def main() -> None:
     earlier = [c for c in old.get("commands", []) if c not in args.commands]
     result["commands"] = earlier + args.commands + [" ".join(me)]
     result["machine"] = machine_info()
-    curve = alloc_curve(Path(args.alloc), out) if not args.alloc.endswith(".npz") else None
+    # an export has no metrics: the curve saved beside an earlier claim.json, if any
+    curve = alloc_curve(Path(args.alloc), out)
     (out / "claim.json").write_text(json.dumps(result, indent=1))
     plot(out, result, curve)
     print(json.dumps({arm: {k: result[arm][k] for k in ("solved", "ci95", "episodes",
