@@ -53,6 +53,9 @@ class Environment:
     n_actions: int
     entity_dim: int
     episode_limit: int
+    # True when `get_obs(state, avail)` accepts the state's availability instead of
+    # recomputing it (SaveTheCity): `step_autoreset_batch` then passes it on.
+    obs_from_avail: bool = False
 
     def reset(self, key: jax.Array, **options) -> tuple[Observation, Any]:
         raise NotImplementedError
@@ -67,10 +70,6 @@ class Environment:
     # ------------------------------------------------------------------ batched interface
     # The trainer only ever calls these two. A pure-JAX env inherits the vmapped defaults; a
     # host-side env behind a callback (envs_jax.bridge) overrides them with one batched call.
-    # True when `get_obs(state, avail)` accepts the state's availability instead of
-    # recomputing it (SaveTheCity): `step_autoreset_batch` then passes it on.
-    obs_from_avail: bool = False
-
     def reset_batch(self, keys: jax.Array) -> tuple[Observation, Any]:
         """Reset E environments: keys [E, 2] -> (obs [E, ...], state [E, ...])."""
         return jax.vmap(self.reset)(keys)
