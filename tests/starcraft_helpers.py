@@ -11,7 +11,8 @@ from envs_jax.savethecity.policies import uniform_valid
 def assert_batch_step_equals_vmap(env, n_envs: int, n_steps: int, seed: int) -> None:
     """`env.step_batch` (battle axis last) against `jax.vmap(env.step_env)` over `n_steps`
     steps of random available actions from the same states: integers and booleans equal,
-    floats to 1e-5 (sums over units may round differently in the two layouts)."""
+    floats to 1e-5 (sums over units may round differently in the two layouts). The batched
+    step gets the observation's availability, as the trainer's rollout gives it."""
     obs, s_b = env.reset_batch(jax.random.split(jax.random.PRNGKey(seed), n_envs))
     s_v = s_b
     batch, vm = jax.jit(env.step_batch), jax.jit(jax.vmap(env.step_env))
@@ -19,7 +20,7 @@ def assert_batch_step_equals_vmap(env, n_envs: int, n_steps: int, seed: int) -> 
         k = jax.random.PRNGKey(seed * 1000 + t)
         acts = uniform_valid(k, obs)
         keys = jax.random.split(k, n_envs)
-        out_b, out_v = batch(keys, s_b, acts), vm(keys, s_v, acts)
+        out_b, out_v = batch(keys, s_b, acts, obs.avail_actions), vm(keys, s_v, acts)
         for a, b in zip(jax.tree.leaves(out_b), jax.tree.leaves(out_v)):
             a, b = np.asarray(a), np.asarray(b)
             if np.issubdtype(a.dtype, np.floating):

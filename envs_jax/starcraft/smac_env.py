@@ -129,10 +129,11 @@ class StarCraftJax(Environment):
         avail = jnp.concatenate([~alive[:, None], live], 1)
         return avail.astype(jnp.int32)
 
-    def _commands(self, state: BattleState, actions: jax.Array) -> sim.Commands:
+    def _commands(self, state: BattleState, actions: jax.Array, avail=None) -> sim.Commands:
         u = state.units
         A = self.n_agents
-        avail = self.avail_actions(state)
+        if avail is None:
+            avail = self.avail_actions(state)
         a = jnp.asarray(actions, jnp.int32)
         ok = jnp.take_along_axis(avail, a[:, None], 1)[:, 0] > 0
         a = jnp.where(ok, a, STOP)  # an unavailable action is a stop (SMAC would assert)
@@ -168,8 +169,12 @@ class StarCraftJax(Environment):
     def step_batch(self, keys: jax.Array, state: BattleState, actions: jax.Array,
                    avail=None):
         """`jax.vmap(step_env)` with the simulation written for the batch: the sub-steps run
-        on battle-axis-last arrays (`sim.to_batch_last`), the rest is vmapped."""
-        cmd = jax.vmap(self._commands)(state, actions)
+        on battle-axis-last arrays (`sim.to_batch_last`), the rest is vmapped. `avail` (the
+        observation's availability of `state`) saves recomputing it for the commands."""
+        if avail is None:
+            cmd = jax.vmap(self._commands)(state, actions)
+        else:
+            cmd = jax.vmap(self._commands)(state, actions, avail)
         noise = jax.vmap(self._noise)(keys) if self.cooldown_jitter else None  # [E, S, U]
         after = sim.advance_batch(state.units, cmd, self.n_substeps, self.bounds, noise,
                                   self.tables, self.sim_chunk)
