@@ -53,9 +53,10 @@ class Environment:
     n_actions: int
     entity_dim: int
     episode_limit: int
-    # True when `get_obs(state, avail)` accepts the state's availability instead of
-    # recomputing it (SaveTheCity): `step_autoreset_batch` then passes it on.
-    obs_from_avail: bool = False
+    # True when `step_env(key, state, actions, avail)` and `get_obs(state, avail)` accept
+    # the state's coded availability instead of recomputing it (SaveTheCity); the batched
+    # steps below then pass it on.
+    takes_avail: bool = False
 
     def reset(self, key: jax.Array, **options) -> tuple[Observation, Any]:
         raise NotImplementedError
@@ -75,8 +76,8 @@ class Environment:
         return jax.vmap(self.reset)(keys)
 
     def get_obs_batch(self, state: Any, avail: jax.Array | None = None) -> Observation:
-        """The observations of E states [E, ...] (`avail`: see `obs_from_avail`)."""
-        if avail is None:
+        """The observations of E states [E, ...] (`avail`: see `takes_avail`)."""
+        if avail is None or not self.takes_avail:
             return jax.vmap(self.get_obs)(state)
         return jax.vmap(self.get_obs)(state, avail)
 
@@ -87,11 +88,12 @@ class Environment:
         Callers keep stepping an environment after its `done` (with arbitrary actions) and
         discard the results, so an implementation must tolerate that. `avail`, when given,
         is the `avail_actions` of the observation of `state` (what the caller acted on): an
-        env may use it instead of recomputing availability (SaveTheCity does); the outputs
+        env may use it instead of recomputing availability (`takes_avail`); the outputs
         must not depend on whether it is given.
         """
-        del avail
-        return jax.vmap(self.step_env)(keys, state, actions)
+        if avail is None or not self.takes_avail:
+            return jax.vmap(self.step_env)(keys, state, actions)
+        return jax.vmap(self.step_env)(keys, state, actions, avail)
 
     def step_autoreset_batch(self, keys: jax.Array, state: Any, actions: jax.Array,
                              max_resets: int | None = None, avail: jax.Array | None = None):
@@ -119,7 +121,7 @@ class Environment:
 
         # An env that can build its observation from a given availability gets the stepped
         # one's, merged with the fresh episodes' like the state, instead of recomputing it.
-        merge = self.obs_from_avail
+        merge = self.takes_avail
 
         def ended():
             return (state_end, obs_end.avail_actions) if merge else state_end

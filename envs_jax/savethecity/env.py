@@ -325,6 +325,8 @@ class SaveTheCity(Environment):
         return jnp.concatenate([stay, move_ok.astype(jnp.int32), interact], -1)
 
     # -------------------------------------------------------------- step (section 6)
+    takes_avail = True  # step_env and get_obs accept the state's availability
+
     def step_env(self, key: jax.Array, state: EnvState, actions: jax.Array, avail=None):
         """One transition without auto-reset; the only randomness is the collision coins.
         `avail`: optionally the coded availability of `state` (its observation's), which
@@ -333,11 +335,6 @@ class SaveTheCity(Environment):
         bit = jnp.arange(max(self.n_pairs, 1))
         coins = ((words[bit // 32] >> (bit % 32).astype(jnp.uint32)) & 1).astype(bool)
         return self.transition(state, actions, coins, avail)
-
-    def step_batch(self, keys: jax.Array, state: EnvState, actions: jax.Array, avail=None):
-        if avail is None:
-            return jax.vmap(self.step_env)(keys, state, actions)
-        return jax.vmap(self.step_env)(keys, state, actions, avail)
 
     def transition(self, state: EnvState, actions: jax.Array, coins: jax.Array, avail=None):
         """Deterministic step given per-pair collision coins, in the order (0,1),(0,2),..,(1,2),...
@@ -494,8 +491,6 @@ class SaveTheCity(Environment):
         return obs, new_state, (reward * self.reward_norm).astype(fdt), done, info
 
     # ------------------------------------------------------- observation (section 7)
-    obs_from_avail = True
-
     def get_obs(self, state: EnvState, avail: jax.Array | None = None) -> Observation:
         """Entities, coded available actions and masks of `state`; `avail`, when given, is
         `state`'s coded availability (not recomputed)."""

@@ -286,7 +286,9 @@ class MultiArmyJax(Environment):
     def step_batch(self, keys: jax.Array, state: ArmyState, actions: jax.Array,
                    avail=None):
         """`jax.vmap(step_env)` with the sub-steps on battle-axis-last arrays (per-battle
-        unit tables, `sim.batched_tables`), in chunks of `sim_chunk` battles."""
+        unit tables, `sim.batched_tables`), in chunks of `sim_chunk` battles. A given `avail`
+        is not used: the commands take `_dist_avail`'s, computed here as `step_env` does."""
+        del avail
         split = jax.vmap(jax.random.split)(keys)
         k_sim, k_switch = split[:, 0], split[:, 1]
         avail = jax.vmap(lambda s: self._dist_avail(s)[1])(state)
