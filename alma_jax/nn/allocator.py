@@ -161,17 +161,26 @@ class AllocPolicy(nn.Module):
         logits = jnp.where(task_mask.astype(bool), NEG_INF, logits)
         return jax.nn.log_softmax(logits)
 
-    def step_update(self, subtasks: jax.Array, agent: jax.Array, choice: jax.Array) -> jax.Array:
-        """U [NT, D], A_i [D], chosen subtask index -> U' [NT, D] after agent i joins it."""
+    def step_update(self, subtasks: jax.Array, agent: jax.Array, choice: jax.Array,
+                    joins: jax.Array | None = None) -> jax.Array:
+        """U [NT, D], A_i [D], chosen subtask index -> U' [NT, D] after agent i joins it.
+
+        `joins` [NT] = one-hot of `choice` if agent i takes a decision, zeros if not (then U
+        is returned unchanged); None = it does. As a masked sum rather than a scatter and a
+        select, the decoder's gradient keeps no full-size [NT, D] selection mask per step.
+        """
+        if joins is None:
+            joins = jnp.arange(subtasks.shape[0]) == choice
+        joins = joins.astype(subtasks.dtype)[:, None]
         chosen = subtasks[choice]
         if self.sel_task_upd:
             delta = self.fc_upd(nn.relu(jnp.concatenate([chosen, agent])))
-            return subtasks.at[choice].add(delta)
+            return subtasks + joins * delta[None, :]
         nt = subtasks.shape[0]
         inp = jnp.concatenate(
             [subtasks, jnp.broadcast_to(agent, (nt, agent.shape[0])),
              jnp.broadcast_to(chosen, (nt, chosen.shape[0]))], axis=-1)
-        return subtasks + self.fc_upd(nn.relu(inp))
+        return subtasks + jnp.any(joins > 0) * self.fc_upd(nn.relu(inp))
 
     def __call__(
         self,
@@ -247,13 +256,16 @@ def decode(
         ent = jnp.where(decides_i, -jnp.sum(jnp.where(task_mask, 0.0, p * logp)), 0.0)
         maxp = jnp.where(decides_i, jnp.max(p), 0.0)
         if policy.pi_autoreg:
-            new = policy.apply(params, subtasks, agent, k, method=AllocPolicy.step_update)
-            subtasks = jnp.where(decides_i, new, subtasks)
+            subtasks = policy.apply(params, subtasks, agent, k, onehot,
+                                    method=AllocPolicy.step_update)
             agent_counts = agent_counts + policy.count_norm * onehot
         return (subtasks, agent_counts), (onehot, lp, ent, maxp)
 
     carry = (enc.subtasks, jnp.zeros((nt,), jnp.float32))
-    _, (onehot, lp, ent, maxp) = jax.lax.scan(body, carry, (enc.agents, decides, noise, forced))
+    # Unrolled (NA is a handful of steps): a rolled scan under autodiff zero-fills and then
+    # slices a stacked [NA, ..., NT, D] residual buffer, which cost more than the steps.
+    _, (onehot, lp, ent, maxp) = jax.lax.scan(
+        body, carry, (enc.agents, decides, noise, forced), unroll=True)
     n_dec = jnp.sum(decides)
     best_prob = jnp.sum(maxp) / jnp.maximum(n_dec, 1)
     return Decoded(onehot, jnp.sum(lp), jnp.sum(ent), best_prob, lp, ent)
