@@ -136,31 +136,6 @@ def test_attention_matches_reference(mha, seed):
     np.testing.assert_allclose(out, reference_attention(params, x, blocked, qvalid), atol=1e-5)
 
 
-def test_then_folds_a_following_affine_map(mha):
-    # then=(W2, b2) must equal applying W2, b2 after the output layer, in value and in the
-    # gradients of every parameter (the fold is how the hypernetworks run their fc2).
-    apply, params = mha
-    x, blocked, qvalid = random_case(6)
-    k2 = jax.random.normal(jax.random.key(7), (DOUT, 3))
-    b2 = jax.random.normal(jax.random.key(8), (3,))
-
-    def folded(p, k2, b2):
-        return apply(p, x, blocked, qvalid, then=(k2, b2))
-
-    def unfolded(p, k2, b2):
-        out = apply(p, x, blocked, qvalid) @ k2 + b2
-        return jnp.where(qvalid[:, None], out, 0.0)
-
-    np.testing.assert_allclose(folded(params, k2, b2), unfolded(params, k2, b2), atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(folded(params, k2, None))[3], 0.0)
-    g = jax.grad(lambda *a: jnp.sum(jnp.sin(folded(*a))), argnums=(0, 1, 2))(params, k2, b2)
-    g_ref = jax.grad(lambda *a: jnp.sum(jnp.sin(unfolded(*a))), argnums=(0, 1, 2))(
-        params, k2, b2)
-    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    assert np.abs(np.asarray(g[0]["params"]["out"]["kernel"])).max() > 1e-3
-
-
 def test_blocked_keys_do_not_change_query_output(mha):
     apply, params = mha
     x, blocked, qvalid = random_case(3, p_block=0.4)

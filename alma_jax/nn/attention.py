@@ -66,19 +66,8 @@ class MaskedMHA(nn.Module):
     n_heads: int = 4
 
     @nn.compact
-    def __call__(
-        self,
-        x: jax.Array,
-        blocked: jax.Array,
-        qvalid: jax.Array,
-        then: tuple[jax.Array, jax.Array | None] | None = None,
-    ) -> jax.Array:
-        """x [N, Din], blocked [NQ, N] bool, qvalid [NQ] bool -> [NQ, out_dim].
-
-        `then` = (kernel [out_dim, F], bias [F] or None): an affine map applied right after
-        the output layer, folded into it (one [D, F] product per query row instead of
-        [D, out_dim] and [out_dim, F]); the result is then [NQ, F].
-        """
+    def __call__(self, x: jax.Array, blocked: jax.Array, qvalid: jax.Array) -> jax.Array:
+        """x [N, Din], blocked [NQ, N] bool, qvalid [NQ] bool -> [NQ, out_dim]."""
         n_q = blocked.shape[0]
         n, head_dim = x.shape[0], self.embed_dim // self.n_heads
         assert head_dim * self.n_heads == self.embed_dim, "embed_dim must divide into heads"
@@ -92,12 +81,5 @@ class MaskedMHA(nn.Module):
         # Second where: a fully blocked row would otherwise be uniform; the original zeroes it.
         w = jnp.where(blocked, 0.0, w)
         heads = precision.einsum("hqk,khd->qhd", w, v).reshape(n_q, self.embed_dim)
-        kernel, bias = dense(self.out_dim, name="out")(None, self.embed_dim)
-        if then is not None:
-            # (h W + b) W2 + b2 = h (W W2) + (b W2 + b2): the composition costs one [D, F]
-            # weight product per call, not a second layer per query row.
-            kernel2, bias2 = then
-            kernel, bias = kernel @ kernel2, bias @ kernel2
-            bias = bias if bias2 is None else bias + bias2
-        out = precision.dot(heads, kernel) + bias
+        out = dense(self.out_dim, name="out")(heads)
         return jnp.where(qvalid[:, None], out, 0.0)

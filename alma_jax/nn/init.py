@@ -33,19 +33,10 @@ class TorchDense(nn.Module):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array | None = None, fan_in: int | None = None):
-        """x: [..., Din] -> [..., features].
-
-        With `x=None`: the (kernel [fan_in, features], bias [features] or None) themselves, so
-        that a caller can compose this affine map with another before applying it to data
-        (`MaskedMHA`'s `then`); same parameters as the call on data.
-        """
-        fan_in = x.shape[-1] if x is not None else fan_in
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., Din] -> [..., features]."""
+        fan_in = x.shape[-1]
         kernel = self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
-        bias = (self.param("bias", torch_uniform(fan_in), (self.features,))
-                if self.use_bias else None)
-        if x is None:
-            return kernel, bias
         if fan_in <= SMALL_FAN_IN:
             # A sum of broadcast products: XLA:CPU runs the weight gradient of a dot this
             # skinny (a [fan_in, N] · [N, features] contraction over every row) as a slow
@@ -53,7 +44,9 @@ class TorchDense(nn.Module):
             y = sum(x[..., i, None] * kernel[i] for i in range(fan_in))
         else:
             y = precision.dot(x, kernel)
-        return y if bias is None else y + bias
+        if self.use_bias:
+            y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
+        return y
 
 
 def dense(features: int, use_bias: bool = True, name: str | None = None) -> TorchDense:

@@ -28,12 +28,10 @@ class AttentionHyperNet(nn.Module):
     def __call__(self, x: jax.Array, blocked: jax.Array, agent_active: jax.Array) -> jax.Array:
         """x [NE, Din], blocked [NA, NE] bool, agent_active [NA] bool -> u [NA, DM]."""
         g = nn.relu(dense(self.hyper_dim, name="fc1")(x))
-        # fc2 follows the attention's output layer with nothing in between (a masked row is
-        # zeroed at the end either way), so the two affine maps are applied as one.
-        fc2 = dense(self.mix_dim, name="fc2")(None, self.hyper_dim)
-        u = MaskedMHA(self.hyper_dim, self.hyper_dim, self.n_heads, name="attn")(
-            g, blocked, agent_active, then=fc2
+        h = MaskedMHA(self.hyper_dim, self.hyper_dim, self.n_heads, name="attn")(
+            g, blocked, agent_active
         )
+        u = dense(self.mix_dim, name="fc2")(h)
         return jnp.where(agent_active[:, None], u, 0.0)
 
 
