@@ -119,6 +119,9 @@ class Config:
     low_from: str | None = None
     freeze_low: bool = False  # with low_from: train only the allocator, low level untouched
     low_seed: int | None = None  # with low_from: broadcast that seed of the source run
+    # continue another run's learned allocator (its state and its env-step counter, so the
+    # exploration schedules go on where they were): a run dir or a params export
+    high_from: str | None = None
 
 
 ALLOWED: dict[str, tuple] = {
@@ -245,7 +248,7 @@ def _check_alloc(cfg: Config) -> None:
 
 
 def _check_transfer(cfg: Config) -> None:
-    """freeze_low / low_seed only mean something with low_from."""
+    """freeze_low / low_seed only mean something with low_from; high_from needs an allocator."""
     if cfg.low_from is None:
         for key, off in (("freeze_low", False), ("low_seed", None)):
             if getattr(cfg, key) != off:
@@ -257,6 +260,12 @@ def _check_transfer(cfg: Config) -> None:
                                      or isinstance(cfg.low_seed, bool)):
         raise ConfigError(f"low_seed must be an integer seed of the source run, got "
                           f"{cfg.low_seed!r}")
+    if cfg.high_from is not None:
+        if not isinstance(cfg.high_from, str) or not cfg.high_from:
+            raise ConfigError(f"high_from must be a path, got {cfg.high_from!r}")
+        if cfg.allocation != "aql":
+            raise ConfigError(f"high_from continues a learned allocator, but alg={cfg.alg} has "
+                              "none (use alg=alma, alma_nomask or alma_lica)")
     if cfg.freeze_low and cfg.allocation != "aql":
         raise ConfigError(f"freeze_low=true trains only the allocator, but alg={cfg.alg} has no "
                           "learned allocator (use alg=alma, alma_nomask or alma_lica)")

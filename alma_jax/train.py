@@ -156,7 +156,24 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
             from alma_jax import transfer
 
             low_init, has_opt = transfer.prepare_low(cfg, jax.eval_shape(init, keys).low)
+        high_init = None
+        if cfg.high_from is not None:
+            from alma_jax import transfer
+
+            high_init, high_opt, high_t_env = transfer.prepare_high(
+                cfg, jax.eval_shape(init, keys).high)
         state = init(keys)
+        if high_init is not None:
+            high = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), high_init,
+                                state.high)
+            if not high_opt:  # a parameters export: the optimisers start afresh
+                high = transfer.with_fresh_optimiser(high, state.high)
+            # The env-step counter goes on from the source's, so the allocator's exploration
+            # schedules (functions of t_env) continue instead of starting over.
+            t_env = jax.device_put(high_t_env.astype(state.t_env.dtype), state.t_env.sharding)
+            state = state.replace(high=high, t_env=t_env)
+            print(f"allocator from {cfg.high_from}, continuing at t_env="
+                  f"{[int(t) for t in high_t_env]}", flush=True)
         if low_init is not None:
             low = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), low_init,
                                state.low)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alma_jax.config import Config, ConfigError, from_saved
+from alma_jax.config import Config, ConfigError, alloc_settings, from_saved
 
 EXPORT_SUFFIX = ".npz"
 # Learner-state fields that hold optimiser moments (QMIX / LICA low levels, the allocator).
@@ -165,14 +165,42 @@ def check_low_compatible(src: Source, cfg: Config, abstract_low: Any) -> None:
     if diff:
         raise ConfigError(f"low_from={src.path}: its low level differs from this run's in "
                           + "; ".join(diff) + " (source vs this run)")
-    got = {k: np.shape(v)[1:] for k, v in _flat(src.low).items()}
-    want = {k: v.shape[1:] for k, v in _flat(abstract_low).items()}
+    _check_shapes(f"low_from={src.path}", src.low, abstract_low)
+
+
+def _check_shapes(what: str, tree: Any, abstract: Any) -> None:
+    """Stop if a source's learner state does not have the run's fields and shapes."""
+    got = {k: np.shape(v)[1:] for k, v in _flat(tree).items()}
+    want = {k: v.shape[1:] for k, v in _flat(abstract).items()}
     if got.keys() != want.keys():
-        raise ConfigError(f"low_from={src.path}: learner state differs in "
+        raise ConfigError(f"{what}: learner state differs in "
                           f"{sorted(set(got) ^ set(want))[:5]}")
     bad = [f"{k} {got[k]} vs {want[k]}" for k in want if got[k] != want[k]]
     if bad:
-        raise ConfigError(f"low_from={src.path}: shapes differ: " + "; ".join(bad[:5]))
+        raise ConfigError(f"{what}: shapes differ: " + "; ".join(bad[:5]))
+
+
+def prepare_high(cfg: Config, abstract_high: Any) -> tuple[Any, bool, np.ndarray]:
+    """(seed-batched allocator state that `high_from` names, whether it carries optimiser
+    states, the source's env-step counter per seed [S]); seed i continues seed i. Checked
+    against the run before anything compiles."""
+    src = load_source(cfg.high_from)
+    what = f"high_from={src.path}"
+    if src.high is None:
+        raise ConfigError(f"{what}: its run (alg={src.cfg.alg}) has no learned allocator")
+    diff = _differing(src.cfg, cfg, ("env", "env_args"))
+    diff += [f"alloc: {alloc_settings(src.cfg)!r} vs {alloc_settings(cfg)!r}"] if (
+        alloc_settings(src.cfg) != alloc_settings(cfg)) else []
+    diff += [f"aql: {src.cfg.aql!r} vs {cfg.aql!r}"] if dict(src.cfg.aql) != dict(cfg.aql) else []
+    if diff:
+        raise ConfigError(f"{what}: its allocator differs from this run's in "
+                          + "; ".join(diff) + " (source vs this run)")
+    if src.cfg.num_seeds != cfg.num_seeds:
+        raise ConfigError(f"{what} has {src.cfg.num_seeds} seed(s), this run "
+                          f"num_seeds={cfg.num_seeds}: match them")
+    _check_shapes(what, src.high, abstract_high)
+    high = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), src.high, abstract_high)
+    return high, src.has_optimiser, np.asarray(src.t_env)
 
 
 def seed_rows(src: Source, cfg: Config) -> np.ndarray:

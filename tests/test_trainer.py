@@ -525,6 +525,48 @@ def test_low_from_seed_broadcast_and_mismatch_errors(runs, frozen_alma, tmp_path
         train_mod.run(dataclasses.replace(cfg, low_from=str(tmp_path / "nothing")))
 
 
+def test_high_from_continues_the_allocator_and_its_schedules(runs, frozen_alma, tmp_path):
+    # A long allocator run split over sessions: the next run starts from the last one's
+    # export (allocator state, env-step counter) and its exploration goes on from there.
+    from alma_jax.transfer import export_params, load_source
+
+    low_export, _, cfg, out = frozen_alma
+    export = tmp_path / "alma.npz"
+    export_params(cfg.out_dir, export)
+    src = load_source(export)
+    t0 = np.asarray(out["state"].t_env)
+    np.testing.assert_array_equal(src.t_env, t0)
+    cont = dataclasses.replace(cfg, out_dir=str(tmp_path / "cont"), high_from=str(export),
+                               total_env_steps=int(t0.max()) + 1)
+    init_only = dataclasses.replace(cont, out_dir=str(tmp_path / "init"),
+                                    total_env_steps=int(t0.min()))
+    state0 = train_mod.run(init_only)["state"]  # starts, evaluates, trains nothing
+    np.testing.assert_array_equal(np.asarray(state0.t_env), t0)
+    for field in ("pi", "critic", "critic_stats", "target_pi", "target_critic"):
+        leaves_equal(jax.device_get(getattr(state0.high, field)), getattr(src.high, field))
+    fresh = jax.vmap(train_mod.make_train(cfg).init)(jax.vmap(jax.random.PRNGKey)(
+        jnp.arange(3, 5)))
+    leaves_equal(jax.device_get(state0.high.pi_opt_state),
+                 jax.device_get(fresh.high.pi_opt_state))  # an export: fresh optimisers
+    state = train_mod.run(cont)["state"]
+    assert np.all(np.asarray(state.t_env) > t0)
+    moved = [not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+             zip(jax.tree.leaves(state.high.critic), jax.tree.leaves(src.high.critic))]
+    assert any(moved)
+    chunk = [r for r in read_jsonl(cont.out_dir) if "annealing/alloc_eps" in r["mean"]][0]
+    # the schedule at the source's counter, not at 0 (where it is exactly 1)
+    expected = 1.0 - float(np.mean(t0)) / cfg.alloc_eps_anneal_time
+    # (a chunk's mean runs over its rollouts: a few hundred steps later, 3e-4 lower at most)
+    assert expected - 1e-3 < chunk["mean"]["annealing/alloc_eps"] <= expected + 1e-6 < 0.9995
+    with pytest.raises(ConfigError, match="has no learned allocator"):
+        train_mod.run(dataclasses.replace(cont, high_from=str(low_export)))
+    with pytest.raises(ConfigError, match="alloc:"):
+        train_mod.run(tiny_config(tmp_path / "bad", "alma", num_seeds=2, seed=3,
+                                  high_from=export, **{"alloc.embed_dim": 8}))
+    with pytest.raises(ConfigError, match="high_from continues a learned allocator"):
+        tiny_config(tmp_path / "flat", "heuristic", high_from=export)
+
+
 def test_evaluate_pairs_one_runs_low_level_with_another_runs_allocator(runs, frozen_alma):
     from alma_jax.evaluate import load_run
 
