@@ -164,22 +164,15 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
                 cfg, jax.eval_shape(init, keys).high)
         state = init(keys)
         if high_init is not None:
-            high = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), high_init,
-                                state.high)
-            if not high_opt:  # a parameters export: the optimisers start afresh
-                high = transfer.with_fresh_optimiser(high, state.high)
             # The env-step counter goes on from the source's, so the allocator's exploration
             # schedules (functions of t_env) continue instead of starting over.
             t_env = jax.device_put(high_t_env.astype(state.t_env.dtype), state.t_env.sharding)
-            state = state.replace(high=high, t_env=t_env)
+            state = state.replace(high=transfer.adopt(high_init, state.high, high_opt),
+                                  t_env=t_env)
             print(f"allocator from {cfg.high_from}, continuing at t_env="
                   f"{[int(t) for t in high_t_env]}", flush=True)
         if low_init is not None:
-            low = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), low_init,
-                               state.low)
-            if not has_opt:  # a parameters export: the optimisers start afresh
-                low = transfer.with_fresh_optimiser(low, state.low)
-            state = state.replace(low=low)
+            state = state.replace(low=transfer.adopt(low_init, state.low, has_opt))
             print(f"low level from {cfg.low_from}"
                   + (" (frozen: training the allocator only)" if cfg.freeze_low else ""),
                   flush=True)

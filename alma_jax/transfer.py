@@ -188,10 +188,11 @@ def prepare_high(cfg: Config, abstract_high: Any) -> tuple[Any, bool, np.ndarray
     what = f"high_from={src.path}"
     if src.high is None:
         raise ConfigError(f"{what}: its run (alg={src.cfg.alg}) has no learned allocator")
-    diff = _differing(src.cfg, cfg, ("env", "env_args"))
-    diff += [f"alloc: {alloc_settings(src.cfg)!r} vs {alloc_settings(cfg)!r}"] if (
-        alloc_settings(src.cfg) != alloc_settings(cfg)) else []
-    diff += [f"aql: {src.cfg.aql!r} vs {cfg.aql!r}"] if dict(src.cfg.aql) != dict(cfg.aql) else []
+    # `alloc` with its defaults filled, so a config saved before a key existed compares equal
+    views = {"env": lambda c: c.env, "env_args": lambda c: dict(c.env_args),
+             "alloc": alloc_settings, "aql": lambda c: dict(c.aql)}
+    diff = [f"{k}: {f(src.cfg)!r} vs {f(cfg)!r}" for k, f in views.items()
+            if f(src.cfg) != f(cfg)]
     if diff:
         raise ConfigError(f"{what}: its allocator differs from this run's in "
                           + "; ".join(diff) + " (source vs this run)")
@@ -227,6 +228,13 @@ def prepare_low(cfg: Config, abstract_low: Any) -> tuple[Any, bool]:
     rows = seed_rows(src, cfg)
     low = jax.tree.map(lambda x, a: np.asarray(x)[rows].astype(a.dtype), src.low, abstract_low)
     return low, src.has_optimiser
+
+
+def adopt(loaded: Any, fresh: Any, has_optimiser: bool) -> Any:
+    """A loaded (host) learner state placed like `fresh` (the run's newly initialised one);
+    from a parameters export, with `fresh`'s optimiser states."""
+    state = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), loaded, fresh)
+    return state if has_optimiser else with_fresh_optimiser(state, fresh)
 
 
 def with_fresh_optimiser(low: Any, fresh: Any) -> Any:
