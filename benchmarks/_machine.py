@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import platform
 
-import jax
-
 # The CPU features that decide XLA:CPU's matmul speed (vector width, bf16 and AMX units).
 MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                 "amx_fp16", "neon", "sve", "bf16")
 
 
 def machine_info() -> dict:
+    """CPU model and matmul flags, cores, Python; the JAX fields too where JAX is importable
+    (benchmarks/train_vs_original.py runs in the original's venv, which has no JAX)."""
     cpu = platform.processor() or platform.machine()
     flags: list[str] = []
     try:
@@ -25,11 +25,14 @@ def machine_info() -> dict:
                     flags = [x for x in MATMUL_FLAGS if x in have]
     except OSError:
         pass
+    info = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count()}
+    try:
+        import jax
+    except ImportError:
+        return {**info, "python": platform.python_version()}
     dev = jax.devices()[0]
     return {
-        "cpu": cpu,
-        "cpu_flags": flags,
-        "cores": os.cpu_count(),
+        **info,
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "device": getattr(dev, "device_kind", str(dev)),

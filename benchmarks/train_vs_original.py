@@ -6,8 +6,8 @@
 The counterpart of `benchmarks/train_throughput.py --alg heuristic alma --num-envs 8` (this
 project's trainer, env steps/s with compile excluded), for running both on one machine in one
 sitting. This script needs no JAX and none of this project's packages: it runs under the
-original's own venv. If JAX happens to be importable, `machine_info()` (benchmarks/_machine.py)
-also reports it; otherwise its JAX fields are left out.
+original's own venv. `machine_info()` (benchmarks/_machine.py) reports JAX only where it is
+importable.
 
 Setup (a venv of its own; nothing goes into the project's venv):
 
@@ -179,30 +179,11 @@ def resolve_src(path: str | os.PathLike) -> Path:
 
 
 def machine_block() -> dict:
-    """`machine_info()` from _machine.py; JAX fields dropped when JAX is not importable."""
+    """`machine_info()` from _machine.py (its JAX fields only where JAX is importable)."""
     sys.path.insert(0, str(HERE))
-    try:
-        import jax  # noqa: F401
-        have_jax = True
-    except ImportError:
-        have_jax = False
-        stand_in = types.ModuleType("jax")
-        stand_in.__version__ = None
-        stand_in.default_backend = lambda: None
-        stand_in.devices = lambda: [types.SimpleNamespace(device_kind=None)]
-        stand_in.device_count = lambda: 0
-        sys.modules["jax"] = stand_in
-    try:
-        from _machine import machine_info
-        info = machine_info()
-    finally:
-        if not have_jax:
-            sys.modules.pop("jax", None)
-            sys.modules.pop("_machine", None)
-    if not have_jax:
-        for key in ("jax", "backend", "device", "n_devices"):
-            info.pop(key, None)
-    return info
+    from _machine import machine_info
+
+    return machine_info()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -106,3 +106,16 @@ def test_orig_src_must_hold_the_original(bench, tmp_path):
         (src / name).write_text("")
     assert bench.resolve_src(tmp_path) == src.resolve()
     assert bench.resolve_src(src) == src.resolve()
+
+
+def test_machine_info_without_jax_keeps_the_cpu_fields(monkeypatch):
+    # The original's venv has no JAX: machine_info must still describe the CPU, minus JAX.
+    sys.path.insert(0, str(SCRIPT.parent))
+    machine = load_file_module("_bench_machine", SCRIPT.parent / "_machine.py")
+    with_jax = machine.machine_info()
+    monkeypatch.setitem(sys.modules, "jax", None)  # `import jax` now raises ImportError
+    without = machine.machine_info()
+    assert "jax" in with_jax and "n_devices" in with_jax
+    assert set(without) == {"cpu", "cpu_flags", "cores", "python"}
+    assert {k: without[k] for k in without} == {k: with_jax[k] for k in without}
+    sys.modules.pop("_bench_machine", None)
