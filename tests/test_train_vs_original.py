@@ -110,7 +110,6 @@ def test_orig_src_must_hold_the_original(bench, tmp_path):
 
 def test_machine_info_without_jax_keeps_the_cpu_fields(monkeypatch):
     # The original's venv has no JAX: machine_info must still describe the CPU, minus JAX.
-    sys.path.insert(0, str(SCRIPT.parent))
     machine = load_file_module("_bench_machine", SCRIPT.parent / "_machine.py")
     with_jax = machine.machine_info()
     monkeypatch.setitem(sys.modules, "jax", None)  # `import jax` now raises ImportError
