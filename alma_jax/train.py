@@ -25,6 +25,7 @@ from alma_jax import buffer as bf
 from alma_jax import sharding
 from alma_jax.checkpoint import load_checkpoint, save_checkpoint
 from alma_jax.config import Config, ConfigError, load_config
+from alma_jax.nn import precision
 from alma_jax.plots import seed_stats
 from alma_jax.trainer import TrainFns, make_train
 
@@ -129,6 +130,10 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
         fns = make_train(cfg, mesh=plan.trainer_mesh)
         init, chunk, evaluate = plan.jit(fns)
         print(sharding.describe(plan), flush=True)
+    if cfg.precision == "bf16" and primary:
+        note = precision.bf16_speed_note(jax.default_backend(), precision.cpu_flags())
+        if note:
+            print(note, flush=True)
     copies = cfg.num_seeds if plan is None else plan.seeds_per_device(cfg.num_seeds)
     needed = bf.check_buffer_fits(fns.example_episode, cfg.buffer_size, n_copies=copies)
     print(f"replay buffer: {copies} x buffer_size={cfg.buffer_size} episodes = "

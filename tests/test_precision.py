@@ -132,3 +132,19 @@ def test_lica_bf16_losses_and_gradients_match_fp32():
     for i in range(2):
         (l32, g32), (l16, g16) = res["fp32"][i], res["bf16"][i]
         assert_close_not_equal(l32, l16, g32, g16)
+
+
+def test_bf16_note_only_for_cpus_without_bf16_instructions(tmp_path):
+    """The AVX2-only EPYC of 2026-12-05 is warned; AVX512-BF16, AMX and GPUs are not."""
+    avx2 = {"sse2", "avx", "avx2", "fma"}
+    note = precision.bf16_speed_note("cpu", avx2)
+    assert note is not None and "precision=fp32" in note and "avx512_bf16" in note
+    assert precision.bf16_speed_note("cpu", avx2 | {"avx512f", "avx512_bf16"}) is None
+    assert precision.bf16_speed_note("cpu", avx2 | {"amx_tile", "amx_bf16"}) is None
+    assert precision.bf16_speed_note("gpu", avx2) is None
+    assert precision.bf16_speed_note("cpu", None) is None  # flags unknown: say nothing
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n\n"
+                    "processor\t: 1\nflags\t\t: fpu avx2 fma avx512_bf16\n")
+    assert precision.cpu_flags(str(info)) == {"fpu", "avx2", "fma"}
+    assert precision.cpu_flags(str(tmp_path / "absent")) is None
