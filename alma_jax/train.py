@@ -25,6 +25,7 @@ from alma_jax import buffer as bf
 from alma_jax import sharding
 from alma_jax.checkpoint import load_checkpoint, save_checkpoint
 from alma_jax.config import Config, ConfigError, load_config
+from alma_jax.cpuinfo import read_cpuinfo
 from alma_jax.nn import precision
 from alma_jax.plots import seed_stats
 from alma_jax.trainer import TrainFns, make_train
@@ -131,7 +132,7 @@ def run(cfg: Config, devices: Sequence[jax.Device] | None = None,
         init, chunk, evaluate = plan.jit(fns)
         print(sharding.describe(plan), flush=True)
     if cfg.precision == "bf16" and primary:
-        note = precision.bf16_speed_note(jax.default_backend(), precision.cpu_flags())
+        note = precision.bf16_speed_note(jax.default_backend(), read_cpuinfo()[1])
         if note:
             print(note, flush=True)
     copies = cfg.num_seeds if plan is None else plan.seeds_per_device(cfg.num_seeds)

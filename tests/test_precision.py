@@ -18,6 +18,7 @@ import test_lica as tlica
 import test_qmix_learner as tq
 
 from alma_jax.config import ConfigError, load_config
+from alma_jax.cpuinfo import read_cpuinfo
 from alma_jax.learners.aql import AQLLearner
 from alma_jax.learners.lica import LicaLearner
 from alma_jax.learners.qmix import QMixConfig, QMixLearner
@@ -145,6 +146,10 @@ def test_bf16_note_only_for_cpus_without_bf16_instructions(tmp_path):
     assert precision.bf16_speed_note("cpu", None) is None  # flags unknown: say nothing
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n\n"
-                    "processor\t: 1\nflags\t\t: fpu avx2 fma avx512_bf16\n")
-    assert precision.cpu_flags(str(info)) == {"fpu", "avx2", "fma"}
-    assert precision.cpu_flags(str(tmp_path / "absent")) is None
+                    "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert read_cpuinfo(str(info)) == ("AMD EPYC", {"fpu", "avx2", "fma"})
+    assert read_cpuinfo(str(tmp_path / "absent")) == (None, None)
+    arm = tmp_path / "cpuinfo_arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    model, flags = read_cpuinfo(str(arm))
+    assert model is None and precision.bf16_speed_note("cpu", flags) is None

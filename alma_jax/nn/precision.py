@@ -32,22 +32,11 @@ _INPUT_DTYPE: contextvars.ContextVar[Any] = contextvars.ContextVar("matmul_input
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The first CPU's feature flags, or None where they cannot be read (not Linux)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
 def bf16_speed_note(backend: str, flags: set[str] | None) -> str | None:
-    """A warning for `precision=bf16` on a CPU whose instructions have no bf16 products:
-    there XLA converts to fp32 and back around every product, so bf16 runs slower than fp32
-    (measured: the fp32 matmul peak of an AVX2-only EPYC is 1.5x its bf16 peak)."""
+    """A warning for `precision=bf16` on a CPU whose instructions have no bf16 products
+    (`flags` from `alma_jax.cpuinfo.read_cpuinfo`): there XLA converts to fp32 and back around
+    every product, so bf16 runs slower than fp32 (measured: an AVX2-only EPYC's fp32 matmul
+    peak is 1.3-1.5x its bf16 peak)."""
     if backend != "cpu" or flags is None or any(f in flags for f in BF16_CPU_FLAGS):
         return None
     return ("precision=bf16: this CPU has no bf16 instructions (none of "
