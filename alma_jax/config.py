@@ -98,6 +98,9 @@ class Config:
     # every network's contractions: 'fp32' | 'bf16' (bf16 inputs, fp32 accumulation; parameters,
     # optimiser state, targets and losses stay fp32: alma_jax/nn/precision.py)
     precision: str = "fp32"
+    # the gradient step's network passes as this many independent pieces of the window batch,
+    # so that XLA:CPU runs them on separate cores (alma_jax/batching.py); same mathematics
+    update_splits: int = 1
     # network sizes
     embed_dim: int = 128
     n_heads: int = 4
@@ -136,6 +139,7 @@ ALLOWED: dict[str, tuple] = {
 }
 POSITIVE = {
     "num_seeds", "num_envs", "total_env_steps", "updates_per_rollout", "batch_size",
+    "update_splits",
     "max_traj_len", "buffer_size", "target_update_interval", "action_length", "test_interval",
     "test_episodes", "log_interval", "rollouts_per_chunk", "checkpoint_interval", "embed_dim",
     "alloc_target_update_interval", "n_step",
@@ -205,6 +209,9 @@ def _check_learner_options(cfg: Config) -> None:
                 f"optimizer={cfg.optimizer!r} applies to the QMIX low level "
                 "(low_learner='qmix'); LICA has its own optimisers (lica.*) and ALMA's "
                 "allocator its own (alloc.optimizer), so leave optimizer at 'rmsprop' here")
+        if cfg.update_splits != 1:
+            raise ConfigError(f"update_splits={cfg.update_splits} applies to the QMIX low "
+                              "level (low_learner='qmix'); leave it at 1 with LICA")
         if cfg.subtask_cond == "full_obs":
             raise ConfigError("low_learner='lica' supports subtask_cond None or 'mask', "
                               "not 'full_obs'")

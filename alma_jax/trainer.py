@@ -96,7 +96,8 @@ def make_low_learner(cfg: Config, env) -> Any:
         n_step=cfg.n_step, popart=cfg.popart, softmax_mixing_weights=cfg.softmax_mixing_weights,
         mixer=cfg.mixer, optimizer=cfg.optimizer, embed_dim=cfg.embed_dim, n_heads=cfg.n_heads,
         hidden_dim=cfg.hidden_dim, mix_dim=cfg.mix_dim, hyper_dim=cfg.hyper_dim,
-        precision=cfg.precision, **dict(cfg.refil), **dict(cfg.copa),
+        precision=cfg.precision, update_splits=cfg.update_splits, **dict(cfg.refil),
+        **dict(cfg.copa),
     ))
 
 

@@ -51,7 +51,8 @@ def _compare_random_episodes(env, n: int, max_resets, steps: int) -> set[str]:
     return branches
 
 
-@pytest.mark.parametrize("scenario,max_resets", [("2-5a_2-5b", 3), ("2-8a_2-8b", None)])
+@pytest.mark.parametrize("scenario,max_resets", [
+    ("2-5a_2-5b", 3), pytest.param("2-8a_2-8b", None, marks=pytest.mark.slow)])
 def test_step_autoreset_batch_is_vmapped_step(scenario, max_resets):
     """Whole random episodes, both branches (few done: compacted resets; many: reset all)."""
     env = envs_jax.make("savethecity", scenario=scenario)
@@ -59,6 +60,7 @@ def test_step_autoreset_batch_is_vmapped_step(scenario, max_resets):
     assert branches == {"some", "every"}  # time-outs come together: both paths ran
 
 
+@pytest.mark.slow  # the same comparison as above, recompiled under x64
 def test_step_autoreset_batch_float64():
     """Under x64 (as the reference tests run) the outputs are still identical."""
     with jax.enable_x64(True):
@@ -102,7 +104,7 @@ def _fns():
     return _ENV
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), late=st.floats(0.0, 1.0))
 def test_step_autoreset_batch_on_random_states(seed, late):
     """Random health, fire, timers and clocks (a share `late` of the envs one step from the

@@ -135,6 +135,7 @@ def test_env_equals_numpy_rules_on_its_snapshots(scenario):
     assert checked_steps > 50 and ends >= 1
 
 
+@pytest.mark.slow  # 256 drawn episodes, each checked in Python (35 s on a 2-core CPU)
 def test_reset_draws_admissible_episodes():
     env = envs_jax.make("multiarmy_jax", scenario="6-8MMM_maxsize4_maxarmies3_unitdisadvantage")
     obs, s = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 256))
@@ -164,6 +165,7 @@ def test_reset_draws_admissible_episodes():
     assert np.all(np.abs(d[:, env.MA:][valid[:, env.MA:]] - 14) < 1.0)
 
 
+@pytest.mark.slow  # another compilation of the multi-army step (CI checks the batched step)
 def test_jit_equals_vmap():
     """One jitted env equals its slot of the vmapped batch (jit = eager is checked on the
     simulator in test_starcraft_sim.py; eager multi-army steps are slow)."""

@@ -78,7 +78,7 @@ def test_fp32_modules_are_not_wrapped_and_names_are_checked():
     assert load_config(["precision=bf16"]).precision == "bf16"
 
 
-@pytest.mark.parametrize("mode", ["flat", "mask"])
+@pytest.mark.parametrize("mode", [pytest.param("flat", marks=pytest.mark.slow), "mask"])
 def test_qmix_bf16_loss_and_gradients_match_fp32(mode):
     w = tq.make_window()
     cond = None if mode == "flat" else "mask"

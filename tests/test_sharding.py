@@ -148,6 +148,7 @@ def check_against_one_device(root: Path, scheme: str) -> None:
     assert_logs_close(read_jsonl(one), read_jsonl(many))
 
 
+@pytest.mark.slow  # two concurrent worker processes at XLA's default level: 107 s on 2 cores
 def test_four_fake_devices_equal_one_device_envs(tmp_path):
     """Scheme "envs": each rollout's 4 environments and each update's 8 windows are split
     over 4 devices (replicated parameters, all-reduced gradients)."""

@@ -231,6 +231,7 @@ def test_observation_layout_and_masks():
     assert not m[:A, :A].any() and m[:A, A:].all()
 
 
+@pytest.mark.slow  # eager simulator steps; the batched step is checked against vmap in CI
 def test_jit_equals_eager_and_vmap_equals_loop():
     env = envs_jax.make("starcraft_jax", map_name="MMM2")
     keys = jax.random.split(jax.random.PRNGKey(5), 3)

@@ -1,9 +1,8 @@
 """End-to-end training runs, resume, seed vmapping, config errors, evaluation CLI (spec 4, 6.5 18).
 
 Every run uses tiny networks, 4 environments and 30-step episodes. Compilation dominates the
-cost, so the module shares compiled executables between runs of the same shapes through a
-persistent compilation cache in a temporary directory (runs that differ only in host-side
-settings, such as total_env_steps, out_dir or resume, then compile once), and runs are built
+cost, so runs that differ only in host-side settings (total_env_steps, out_dir, resume) compile
+once through the suite's persistent compilation cache (tests/conftest.py), and runs are built
 once per module and shared by the tests that inspect them.
 """
 
@@ -68,33 +67,6 @@ def leaves_equal(a, b, exact=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=5e-6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """Persistent compilation cache for this module only (restored afterwards).
-
-    Only a speed-up: it relies on a private JAX module, so without it the tests just compile.
-    """
-    try:
-        from jax._src import compilation_cache as cc
-
-        cc.reset_cache  # noqa: B018
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jit_cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    cc.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
-
-
 class TraceCounter:
     """Wraps `make_train` so that every trace of `chunk` / `evaluate` is counted."""
 
@@ -129,6 +101,8 @@ def counted_run(cfg, monkeypatch_ctx=None):
 
 
 SEEDED = ("heuristic", "alma")  # the methods whose runs also serve resume / seed-equality tests
+# alma's runs cover the low level too; heuristic's repeat them for the low level alone (slow)
+SEEDED_PARAMS = [pytest.param("heuristic", marks=pytest.mark.slow), "alma"]
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +123,12 @@ def runs(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("alg", ["heuristic", "random_alloc", "aqmix", "alma", "alma_nomask",
-                                 "refil", "copa", "lica", "alma_lica"])
+# The default run trains one static allocation, ALMA and LICA end to end; the other methods'
+# runs share the trainer's code paths with these and their learners have unit tests, so they
+# run with -m slow (each is a 40-90 s compilation on a 2-core CPU).
+@pytest.mark.parametrize("alg", ["heuristic", "alma", "lica", *(
+    pytest.param(a, marks=pytest.mark.slow)
+    for a in ("random_alloc", "aqmix", "alma_nomask", "refil", "copa", "alma_lica"))])
 def test_end_to_end(runs, alg):
     cfg, out, counter = runs(alg)
     state, out_dir = out["state"], Path(cfg.out_dir)
@@ -227,7 +205,7 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("alg", SEEDED)
+@pytest.mark.parametrize("alg", SEEDED_PARAMS)
 def test_resume_is_bit_exact(runs, tmp_path, alg):
     """Run A goes straight to TOTAL. Run B is killed right after logging the first chunk
     that follows its mid-run checkpoint, then resumed: final state (parameters, optimiser,
@@ -270,7 +248,7 @@ def test_resume_is_bit_exact(runs, tmp_path, alg):
 
 
 # -------------------------------------------------------------------------------- seeds
-@pytest.mark.parametrize("alg", SEEDED)
+@pytest.mark.parametrize("alg", ["heuristic", pytest.param("alma", marks=pytest.mark.slow)])
 def test_vmapped_seeds_equal_separate_runs(runs, alg):
     """num_seeds=2 from seed s equals, per seed, a num_seeds=1 run with seed s and s+1.
 
@@ -373,6 +351,10 @@ def test_config_inconsistent_methods():
     load_config(["alg=alma_lica", "alloc.optimizer=adam"])
     with pytest.raises(ConfigError, match=r"mixer='sum' is not allowed.*'qmix', 'vdn'"):
         load_config(["mixer=sum"])
+    with pytest.raises(ConfigError, match="update_splits=2 applies to the QMIX low level"):
+        load_config(["alg=lica", "update_splits=2"])
+    with pytest.raises(ConfigError, match="update_splits"):
+        load_config(["update_splits=0"])
 
 
 def test_mixer_options_reach_the_learner():
@@ -380,13 +362,15 @@ def test_mixer_options_reach_the_learner():
     are passed to the QMIX learner."""
     from alma_jax.trainer import make_train
 
-    off = ["popart=false", "softmax_mixing_weights=false", "mixer=vdn", "optimizer=adam"]
-    for overrides, want in (([], (True, True, "qmix", "rmsprop")),
-                            (off, (False, False, "vdn", "adam"))):
+    off = ["popart=false", "softmax_mixing_weights=false", "mixer=vdn", "optimizer=adam",
+           "update_splits=4"]
+    for overrides, want in (([], (True, True, "qmix", "rmsprop", 1)),
+                            (off, (False, False, "vdn", "adam", 4))):
         cfg = load_config(["num_envs=2", "batch_size=2", "buffer_size=4"] + overrides)
         learner = make_train(cfg).learner
         c = learner.cfg
-        assert (c.popart, c.softmax_mixing_weights, c.mixer, c.optimizer) == want
+        assert (c.popart, c.softmax_mixing_weights, c.mixer, c.optimizer,
+                c.update_splits) == want
         assert (learner.mixer.softmax_mixing_weights, learner.mixer.mixing) == want[1:3]
     high = make_train(load_config(["alg=alma", "num_envs=2", "batch_size=2", "buffer_size=4",
                                    "alloc.optimizer=adam", "alloc.batch_size=2"])).high_learner
@@ -403,7 +387,7 @@ def test_cli_config_error_exits_nonzero():
 
 
 # --------------------------------------------------------------------------- evaluation
-@pytest.mark.parametrize("alg", SEEDED)
+@pytest.mark.parametrize("alg", SEEDED_PARAMS)
 def test_evaluate_cli_writes_metrics_and_gif(runs, tmp_path, capsys, alg):
     from PIL import Image
 
@@ -445,6 +429,7 @@ def frozen_alma(runs, tmp_path_factory):
     return export, summary, cfg, train_mod.run(cfg)
 
 
+@pytest.mark.slow  # needs the frozen-low-level run (frozen_alma, 64 s)
 def test_export_holds_the_learners_only(runs, frozen_alma):
     from alma_jax.transfer import load_source
 
@@ -462,6 +447,7 @@ def test_export_holds_the_learners_only(runs, frozen_alma):
     np.testing.assert_array_equal(a.t_env, np.asarray(src_out["state"].t_env))
 
 
+@pytest.mark.slow  # needs the frozen-low-level run (frozen_alma, 64 s)
 def test_frozen_low_level_is_bit_identical_and_the_allocator_learns(runs, frozen_alma):
     _, _, cfg, out = frozen_alma
     _, src_out, _ = runs("heuristic")
@@ -482,6 +468,7 @@ def test_frozen_low_level_is_bit_identical_and_the_allocator_learns(runs, frozen
     assert np.isfinite(chunks[-1]["mean"]["losses/alloc_q_loss"])
 
 
+@pytest.mark.slow  # a third run, from the frozen one
 def test_low_from_without_freezing_fine_tunes_the_low_level(runs, frozen_alma, tmp_path):
     export, _, _, _ = frozen_alma
     _, src_out, _ = runs("heuristic")
@@ -494,6 +481,7 @@ def test_low_from_without_freezing_fine_tunes_the_low_level(runs, frozen_alma, t
     assert any(moved)
 
 
+@pytest.mark.slow  # needs the frozen-low-level run (frozen_alma, 64 s)
 def test_low_from_seed_broadcast_and_mismatch_errors(runs, frozen_alma, tmp_path):
     from alma_jax.transfer import load_source, prepare_low
 
@@ -525,6 +513,7 @@ def test_low_from_seed_broadcast_and_mismatch_errors(runs, frozen_alma, tmp_path
         train_mod.run(dataclasses.replace(cfg, low_from=str(tmp_path / "nothing")))
 
 
+@pytest.mark.slow  # two more compiled runs
 def test_high_from_continues_the_allocator_and_its_schedules(runs, frozen_alma, tmp_path):
     # A long allocator run split over sessions: the next run starts from the last one's
     # export (allocator state, env-step counter) and its exploration goes on from there.
@@ -567,6 +556,7 @@ def test_high_from_continues_the_allocator_and_its_schedules(runs, frozen_alma, 
         tiny_config(tmp_path / "flat", "heuristic", high_from=export)
 
 
+@pytest.mark.slow  # needs the frozen-low-level run (frozen_alma, 64 s)
 def test_evaluate_pairs_one_runs_low_level_with_another_runs_allocator(runs, frozen_alma):
     from alma_jax.evaluate import load_run
 
@@ -620,7 +610,8 @@ def test_run_start_messages(tmp_path, capsys):
     blocked.write_text("")
     with pytest.raises(ConfigError, match=r"out_dir=.*file/run.* cannot be written"):
         train_mod.run(tiny_config(blocked / "run"))
-    cfg = tiny_config(tmp_path / "typo", total_env_steps=1, resume="true")
+    # the shapes of runs("heuristic"): its compiled executables come from the cache
+    cfg = tiny_config(tmp_path / "typo", num_seeds=2, seed=3, total_env_steps=1, resume="true")
     train_mod.run(cfg)
     assert "resume=true: no checkpoint in" in capsys.readouterr().out
 
@@ -671,7 +662,7 @@ def test_saved_configs_with_fractions_still_load():
     assert cfg.alloc["embed_dim"] == 128
 
 
-@pytest.mark.parametrize("alg", ["alma", "alma_lica"])
+@pytest.mark.parametrize("alg", ["alma", pytest.param("alma_lica", marks=pytest.mark.slow)])
 def test_bf16_trains_every_network_and_keeps_fp32_state(tmp_path, alg):
     """precision=bf16 through the whole trainer (QMIX or LICA low level and the allocator):
     finite losses, every learner moves, and parameters and optimiser state stay fp32."""

@@ -24,6 +24,7 @@ import optax
 from flax import struct
 
 from alma_jax.avail import parse_avail
+from alma_jax.batching import split_map
 from alma_jax.buffer import Window, index_to_onehot, loss_mask, stored_alloc, subtask_loss_mask
 from alma_jax.nn.agent import EntityAttentionAgent, entity_inputs
 from alma_jax.nn.attention import both_active_block, group_block, membership
@@ -73,6 +74,9 @@ class QMixConfig:
     copa_vi_lambda: float = 5e-5
     mask_copa: bool = False  # with an allocation: group_block attention instead of TaskEmbed
     precision: str = "fp32"  # the networks' contractions: 'fp32' | 'bf16' (nn/precision.py)
+    # The window batch's network passes as this many independent pieces (alma_jax/batching.py):
+    # lets XLA:CPU run them on separate cores; same mathematics.
+    update_splits: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.im_lambda <= 1.0:
@@ -364,15 +368,15 @@ class QMixLearner:
         def row(entities, om, em, e2t, la, al, zz):
             return self.agent_q(agent_params, entities, om, em, e2t, la, al, zz, subtask_mask)
 
-        return jax.vmap(jax.vmap(row))(w.entities, obs_mask, w.entity_mask, w.entity2task_mask,
-                                       w.last_action, alloc, z)
+        return split_map(jax.vmap(jax.vmap(row)), self.cfg.update_splits)(
+            w.entities, obs_mask, w.entity_mask, w.entity2task_mask, w.last_action, alloc, z)
 
     def _mixed(self, mixer_params, q, w: Window, alloc, w1_blocked=None):
         def row(qq, entities, em, e2t, la, al, wb):
             return self.mix(mixer_params, qq, entities, em, e2t, la, al, wb)
 
-        return jax.vmap(jax.vmap(row))(q, w.entities, w.entity_mask, w.entity2task_mask,
-                                       w.last_action, alloc, w1_blocked)
+        return split_map(jax.vmap(jax.vmap(row)), self.cfg.update_splits)(
+            q, w.entities, w.entity_mask, w.entity2task_mask, w.last_action, alloc, w1_blocked)
 
     # REFIL ------------------------------------------------------------------------------
     def imagined_groups(self, key: jax.Array, w: Window) -> ImaginedGroups:
