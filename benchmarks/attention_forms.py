@@ -1,4 +1,4 @@
-"""Two ways to compute the masked attention block, timed forward and backward at the mixer's shapes.
+"""Ways to compute the masked attention block, timed forward and backward at the mixer's shapes.
 
     python benchmarks/attention_forms.py [--repeats 10] [--rounds 3]
 
@@ -7,8 +7,12 @@
 - `queries_pulled_back`: with NQ < NE queries, q·(x Wk) = (q Wk^T)·x, and the values are
   aggregated before their projection, so no entity is projected at all; fewer FLOPs, but the
   batched products become 128 wide.
+- `heads_split_concat` / `heads_split_sum`: one product per head and per q/k/v, on that head's
+  kernel columns, so each head's k and v come out [.., NE, 32] without the transposes that
+  one [.., NE, 128] product split into heads needs; the heads then concatenated into the
+  output layer, or each multiplied by its rows of the output kernel and summed.
 
-Both are the same function (checked: max gradient difference printed). Rows = 32 windows x 63
+All are the same function (checked: max gradient difference printed). Rows = 32 windows x 63
 rows, 11 entities, 5 queries, 128 features, 4 heads. Best-of-`repeats` mean ms per call per
 round, compile excluded; XLA-counted GFLOP. Prints one JSON document.
 """
@@ -54,7 +58,29 @@ def queries_pulled_back(p, x, blocked):
     return heads @ p["wo"] + p["bo"]
 
 
-FORMS = {"keys_projected": keys_projected, "queries_pulled_back": queries_pulled_back}
+def _head_outputs(p, x, blocked):
+    outs = []
+    for h in range(H):
+        cols = slice(h * HD, (h + 1) * HD)
+        q = x[:, :NQ] @ p["wq"][:, cols]
+        k = x @ p["wk"][:, cols]
+        v = x @ p["wv"][:, cols]
+        w = _softmax_blocked(jnp.einsum("bqd,bkd->bqk", q, k) / HD**0.5, blocked)
+        outs.append(jnp.einsum("bqk,bkd->bqd", w, v))
+    return outs
+
+
+def heads_split_concat(p, x, blocked):
+    return jnp.concatenate(_head_outputs(p, x, blocked), -1) @ p["wo"] + p["bo"]
+
+
+def heads_split_sum(p, x, blocked):
+    outs = _head_outputs(p, x, blocked)
+    return sum(o @ p["wo"][h * HD:(h + 1) * HD] for h, o in enumerate(outs)) + p["bo"]
+
+
+FORMS = {"keys_projected": keys_projected, "queries_pulled_back": queries_pulled_back,
+         "heads_split_concat": heads_split_concat, "heads_split_sum": heads_split_sum}
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ FLOPs of one step (`compiled.cost_analysis()`), its wall time (compile excluded,
 measured matmul peak (a 2048² `dot` through XLA, fp32 and bf16 with fp32 accumulation). The
 step's time is also given in *units*: the time the fp32 peak needs for 62.86 GFLOP (issue 20's
 yardstick; the heuristic step of 2026-12-04 was 4.14 units). Then a profile of a few calls: the
-XLA ops that took the most time, with their share of the step.
+XLA ops that took the most time, with their share of the step, and a timeline (`timeline()`)
+of how many worker threads run a traced op at once, which also exposes the dots XLA runs
+outside the trace (the dense layers' weight gradients).
 
 Learners: `heuristic` and `aqmix` (the QMIX low level, per-subtask and flat mixers),
 `alma_alloc` (ALMA's allocator step: critic, proposal network, Pop-Art), `lica` (LICA's
@@ -124,11 +126,58 @@ def profile(compiled, args, calls: int, top: int) -> dict:
     for n, ms in total.items():
         by_cat[op_category(n, what(n))] += ms
     return {
+        "timeline": timeline(events, kinds, calls),
         "op_ms_per_step": round(busy, 1),
         "by_category": {c: {"ms_per_step": round(ms, 1), "share": round(ms / busy, 3)}
                         for c, ms in by_cat.most_common()},
         "top_ops": [{"op": n, "what": what(n), "ms_per_step": round(ms, 2),
                      "share": round(ms / busy, 3)} for n, ms in total.most_common(top)],
+    }
+
+
+WORKER_PREFIX = "tf_XLAEigen"  # XLA:CPU's intra-op pool, where the thunks run
+
+
+def timeline(events: list[dict], kinds: dict[str, str], calls: int) -> dict:
+    """How the step's wall time splits by how many worker threads run a traced op (ms per call).
+
+    The op table above sums each op's own duration, so it neither adds up to the wall time nor
+    shows waiting. Here the ops' intervals on XLA's worker threads are merged: `both`/`one`/
+    `none` is the time with 2+/1/0 traced ops running. `none` is not idle time: a `dot` that
+    XLA runs with its own emitter (the dense layers' weight gradients, `X^T dY` over every row)
+    shows up as a sub-millisecond launch while its Eigen contraction runs untraced, so `none`
+    is mostly those contractions; `async_dots` counts the short dot launches behind it. The
+    span runs from the first op of the first call to the end of the last, so the host's gaps
+    between calls (milliseconds) count as `none` too.
+    """
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    workers = {k for k, n in names.items() if n.startswith(WORKER_PREFIX)}
+    ops = [e for e in events if e.get("ph") == "X" and (e["pid"], e["tid"]) in workers
+           and (e["name"] in kinds or e["name"].removeprefix("wrapped_") in kinds
+                or e["name"].startswith("ynn_"))]
+    if not ops:
+        return {}
+    edges = sorted([(e["ts"], 1) for e in ops] + [(e["ts"] + e["dur"], -1) for e in ops])
+    spent = collections.Counter()
+    running, last = 0, edges[0][0]
+    for t, d in edges:
+        spent[min(running, 2)] += t - last
+        running, last = running + d, t
+    span = edges[-1][0] - edges[0][0]
+    per_thread = collections.Counter()
+    for e in ops:
+        per_thread[(e["pid"], e["tid"])] += e["dur"]
+    async_dots = [e for e in ops if kinds.get(e["name"], "").startswith("dot")
+                  and e["dur"] < 1e3]
+    return {
+        "span_ms": round(span / 1e3 / calls, 1),
+        "threads": len(per_thread),
+        "thread_busy_fraction": sorted(round(b / span, 3) for b in per_thread.values()),
+        "both_ms": round(spent[2] / 1e3 / calls, 1),
+        "one_ms": round(spent[1] / 1e3 / calls, 1),
+        "none_ms": round(spent[0] / 1e3 / calls, 1),
+        "async_dots": len(async_dots) // calls,
     }
 
 
