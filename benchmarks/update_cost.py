@@ -99,6 +99,18 @@ def op_category(name: str, what: str) -> str:
     return op.split("/")[0] or "other"
 
 
+def op_kind(name: str, kinds: dict[str, str]) -> str:
+    """The HLO kind and shape of a traced op ("" if none): thunk names carry the instruction's
+    name, sometimes behind a `wrapped_` prefix."""
+    return kinds.get(name, kinds.get(name.removeprefix("wrapped_"), ""))
+
+
+def is_xla_op(event: dict, kinds: dict[str, str]) -> bool:
+    """A completed trace event that is one of the executable's ops (YNNPACK fusions included)."""
+    name = event.get("name", "")
+    return event.get("ph") == "X" and (bool(op_kind(name, kinds)) or name.startswith("ynn_"))
+
+
 def profile(compiled, args, calls: int, top: int) -> dict:
     """The XLA ops that took the most time over `calls` profiled calls (ms per call)."""
     kinds = instruction_kinds(compiled.as_text())
@@ -112,25 +124,19 @@ def profile(compiled, args, calls: int, top: int) -> dict:
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     total = collections.Counter()
     for e in events:
-        name = e.get("name", "")
-        # thunk names carry the HLO instruction name, sometimes with a wrapper prefix
-        base = name[len("wrapped_"):] if name.startswith("wrapped_") else name
-        if e.get("ph") == "X" and (name in kinds or base in kinds or name.startswith("ynn_")):
-            total[name] += e.get("dur", 0.0) / 1e3 / calls
+        if is_xla_op(e, kinds):
+            total[e["name"]] += e.get("dur", 0.0) / 1e3 / calls
     busy = sum(total.values())
-
-    def what(n):
-        return kinds.get(n, kinds.get(n[len("wrapped_"):], ""))
 
     by_cat = collections.Counter()
     for n, ms in total.items():
-        by_cat[op_category(n, what(n))] += ms
+        by_cat[op_category(n, op_kind(n, kinds))] += ms
     return {
         "timeline": timeline(events, kinds, calls),
         "op_ms_per_step": round(busy, 1),
         "by_category": {c: {"ms_per_step": round(ms, 1), "share": round(ms / busy, 3)}
                         for c, ms in by_cat.most_common()},
-        "top_ops": [{"op": n, "what": what(n), "ms_per_step": round(ms, 2),
+        "top_ops": [{"op": n, "what": op_kind(n, kinds), "ms_per_step": round(ms, 2),
                      "share": round(ms / busy, 3)} for n, ms in total.most_common(top)],
     }
 
@@ -153,9 +159,7 @@ def timeline(events: list[dict], kinds: dict[str, str], calls: int) -> dict:
     names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
              if e.get("ph") == "M" and e.get("name") == "thread_name"}
     workers = {k for k, n in names.items() if n.startswith(WORKER_PREFIX)}
-    ops = [e for e in events if e.get("ph") == "X" and (e["pid"], e["tid"]) in workers
-           and (e["name"] in kinds or e["name"].removeprefix("wrapped_") in kinds
-                or e["name"].startswith("ynn_"))]
+    ops = [e for e in events if is_xla_op(e, kinds) and (e["pid"], e["tid"]) in workers]
     if not ops:
         return {}
     edges = sorted([(e["ts"], 1) for e in ops] + [(e["ts"] + e["dur"], -1) for e in ops])
@@ -168,7 +172,7 @@ def timeline(events: list[dict], kinds: dict[str, str], calls: int) -> dict:
     per_thread = collections.Counter()
     for e in ops:
         per_thread[(e["pid"], e["tid"])] += e["dur"]
-    async_dots = [e for e in ops if kinds.get(e["name"], "").startswith("dot")
+    async_dots = [e for e in ops if op_kind(e["name"], kinds).startswith("dot")
                   and e["dur"] < 1e3]
     return {
         "span_ms": round(span / 1e3 / calls, 1),
